@@ -1,0 +1,52 @@
+//! # squall-api: what a topology author uses
+//!
+//! Squall runs Apache Storm's model of realtime computation. A *topology* is a graph of
+//! [`Spout`]s (sources of tuples) and [`Bolt`]s (processors), joined by *streams* that
+//! are split among a bolt's tasks by a [`Grouping`]. This crate has everything needed to
+//! describe one; the `squall-worker` crate runs it, in one process ([`LocalCluster`-style
+//! local mode]) or on a cluster.
+//!
+//! | Storm | Squall |
+//! |---|---|
+//! | `ISpout`, `IRichBolt`, `IBasicBolt` | [`Spout`], [`Bolt`], [`BasicBolt`] |
+//! | `Tuple`, `Values`, `Fields` | [`Tuple`], [`Values`] / [`values!`], [`Fields`] |
+//! | `TopologyBuilder`, `StormTopology` | [`TopologyBuilder`], [`Topology`] / [`TopologySpec`] |
+//! | `Config`, `TopologyContext` | [`Config`], [`TopologyContext`] |
+//! | `OutputCollector`, `SpoutOutputCollector` | [`OutputCollector`], [`SpoutOutputCollector`] |
+//! | `CustomStreamGrouping` | [`CustomStreamGrouping`] |
+//!
+//! Components are plain structs that implement a trait; the builder clones one
+//! instance per task, so a component holds its configuration and opens connections in
+//! `open` / `prepare`, as in Storm.
+//!
+//! [`LocalCluster`-style local mode]: https://storm.apache.org/releases/current/Local-mode.html
+#![deny(missing_docs)]
+
+mod component;
+pub mod config;
+mod context;
+mod fields;
+mod grouping;
+mod ids;
+mod topology;
+mod tuple;
+mod value;
+
+pub use component::{
+    BasicBolt, BasicOutputCollector, Bolt, BoxError, Emit, Emitter, OutputCollector,
+    OutputFieldsDeclarer, Spout, SpoutOutputCollector, StreamDecl,
+};
+pub use config::{Config, ConfigError};
+pub use context::TopologyContext;
+pub use fields::Fields;
+pub use grouping::{CustomStreamGrouping, Grouping};
+pub use ids::{
+    ComponentId, GlobalStreamId, StreamId, TaskId, ACKER_COMPONENT, DEFAULT_STREAM,
+    SYSTEM_COMPONENT, TICK_STREAM,
+};
+pub use topology::{
+    executor_ranges, ComponentDeclarer, ComponentKind, ComponentSpec, ComponentTasks,
+    Subscription, TaskLayout, Topology, TopologyBuilder, TopologyError, TopologySpec,
+};
+pub use tuple::{Anchors, StreamSchema, Tuple, TupleError};
+pub use value::{Value, Values};
