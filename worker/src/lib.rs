@@ -1,1 +1,59 @@
-//! placeholder
+//! # squall-worker: the executor runtime
+//!
+//! Runs the spouts and bolts of a [`squall_api::Topology`]:
+//!
+//! - [`runtime`]: one thread per executor, each with a receive queue. Producers batch
+//!   outgoing messages per receiving executor ([`transfer`]) and hand over whole
+//!   batches; a full bounded queue blocks the producer (backpressure).
+//! - [`routing`]: groupings evaluated at the emitting side.
+//! - [`acker`]: Storm's XOR acker, a pure state machine run by acker executors.
+//! - [`local`]: [`LocalCluster`], whole topologies in one process.
+//! - [`submitter`]: the entry point a topology binary calls, deciding between local
+//!   mode, submission to Nimbus and running as a worker.
+#![deny(missing_docs)]
+
+pub mod acker;
+mod emitter;
+mod executor;
+pub mod local;
+pub mod message;
+pub mod rotating;
+pub mod routing;
+pub mod runtime;
+pub mod stats;
+pub mod submitter;
+pub mod transfer;
+
+pub use local::LocalCluster;
+pub use runtime::{ComponentStats, LatencySummary, TopologyRuntime, TopologyStats};
+pub use stats::ReportedError;
+pub use submitter::StormSubmitter;
+
+/// Why the runtime refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The topology is invalid.
+    #[error(transparent)]
+    Topology(#[from] squall_api::TopologyError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] squall_api::ConfigError),
+    /// A topology of that name runs already.
+    #[error("a topology named '{0}' is already running")]
+    AlreadyRunning(String),
+    /// No topology of that name runs.
+    #[error("no topology named '{0}' is running")]
+    UnknownTopology(String),
+    /// The name cannot be used.
+    #[error("invalid topology name '{0}': use 1-200 characters without '/', '\\' or control characters")]
+    InvalidName(String),
+    /// The binary lacks a component of the topology.
+    #[error("component '{0}' has no implementation in this binary")]
+    MissingComponent(String),
+    /// An executor thread could not be started.
+    #[error("could not start an executor thread: {0}")]
+    Spawn(std::io::Error),
+    /// The binary was not started by `squall jar`.
+    #[error("{0}")]
+    NotLaunched(String),
+}

@@ -1,0 +1,304 @@
+//! The runtime side of the collectors: routing, acking and batching of one executor.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use squall_api::{Anchors, ComponentId, Emit, Emitter, TaskId, Tuple, Value};
+
+use crate::message::{Envelope, Msg};
+use crate::rotating::RotatingMap;
+use crate::routing::StreamRoute;
+use crate::stats::{ErrorLog, LocalStats, ReportedError};
+use crate::transfer::Transfer;
+
+/// A tracked spout tuple tree awaiting its acker verdict.
+pub(crate) struct Pending {
+    pub msg_id: Value,
+    pub task_index: usize,
+    pub start: Instant,
+}
+
+/// Spout-only state: the message ids in flight.
+pub(crate) struct SpoutTracking {
+    pub pending: RotatingMap<u64, Pending>,
+    pub pending_per_task: Vec<usize>,
+    /// Message ids to ack right away (no ackers, or no receiving task): handled by the
+    /// executor after `next_tuple` returns.
+    pub immediate_acks: Vec<(usize, Value)>,
+}
+
+impl SpoutTracking {
+    pub fn new(tasks: usize) -> Self {
+        SpoutTracking {
+            pending: RotatingMap::new(2),
+            pending_per_task: vec![0; tasks],
+            immediate_acks: Vec::new(),
+        }
+    }
+}
+
+/// Everything an executor needs to emit, ack and fail.
+pub(crate) struct RuntimeEmitter {
+    pub component: ComponentId,
+    /// The task whose component method is running.
+    pub task: TaskId,
+    pub task_index: usize,
+    routes: Vec<StreamRoute>,
+    pub transfer: Transfer,
+    ackers: Vec<TaskId>,
+    rng: fastrand::Rng,
+    scratch: Vec<TaskId>,
+    pub stats: LocalStats,
+    errors: Arc<ErrorLog>,
+    debug: bool,
+    pub spout: Option<SpoutTracking>,
+}
+
+impl RuntimeEmitter {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        component: ComponentId,
+        first_task: TaskId,
+        routes: Vec<StreamRoute>,
+        transfer: Transfer,
+        ackers: Vec<TaskId>,
+        errors: Arc<ErrorLog>,
+        debug: bool,
+        spout: Option<SpoutTracking>,
+    ) -> Self {
+        RuntimeEmitter {
+            component,
+            task: first_task,
+            task_index: 0,
+            routes,
+            transfer,
+            ackers,
+            rng: fastrand::Rng::new(),
+            scratch: Vec::with_capacity(8),
+            stats: LocalStats::default(),
+            errors,
+            debug,
+            spout,
+        }
+    }
+
+    /// The acker task responsible for tree `root`.
+    #[inline]
+    pub fn acker_for(&self, root: u64) -> TaskId {
+        let n = self.ackers.len() as u128;
+        self.ackers[((root as u128 * n) >> 64) as usize]
+    }
+
+    pub fn acking(&self) -> bool {
+        !self.ackers.is_empty()
+    }
+
+    /// Sends a message to a task (acker verdicts, system messages).
+    #[inline]
+    pub fn send(&mut self, task: TaskId, msg: Msg) {
+        self.transfer.push(Envelope { task, msg });
+    }
+
+    fn route_index(&self, stream: &str) -> usize {
+        match self.routes.iter().position(|r| r.name == stream) {
+            Some(i) => i,
+            None => panic!(
+                "component '{}' emitted on stream '{}', which it did not declare (declared: {:?})",
+                self.component,
+                stream,
+                self.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    /// Fails every tree `input` belongs to (used when a bolt panics).
+    pub fn fail_roots(&mut self, anchors: &Anchors) {
+        if !self.acking() {
+            return;
+        }
+        for &(root, _) in anchors.pairs() {
+            let acker = self.acker_for(root);
+            self.send(acker, Msg::Fail { root });
+        }
+    }
+
+    pub fn report(&mut self, error: String) {
+        tracing::error!(component = %self.component, task = %self.task, "{error}");
+        self.errors
+            .push(ReportedError::now(self.component.clone(), self.task, error));
+    }
+}
+
+impl Emitter for RuntimeEmitter {
+    fn emit(&mut self, emit: Emit<'_>, task_ids: Option<&mut Vec<TaskId>>) {
+        let route_idx = self.route_index(emit.stream);
+        let RuntimeEmitter {
+            component,
+            task,
+            task_index,
+            routes,
+            transfer,
+            ackers,
+            rng,
+            scratch,
+            stats,
+            debug,
+            spout,
+            ..
+        } = self;
+        let route = &mut routes[route_idx];
+        if emit.values.len() != route.num_fields {
+            panic!(
+                "component '{component}' emitted {} values on stream '{}', which declares {} fields",
+                emit.values.len(),
+                route.name,
+                route.num_fields
+            );
+        }
+        scratch.clear();
+        match (route.direct, emit.direct_task) {
+            (true, Some(t)) => {
+                if !route.targets.iter().any(|tg| tg.tasks.contains(&t)) {
+                    panic!(
+                        "component '{component}' emitted directly to task {t} on stream '{}', but that task does not subscribe to it",
+                        route.name
+                    );
+                }
+                scratch.push(t);
+            }
+            (true, None) => panic!(
+                "component '{component}' must use emit_direct on direct stream '{}'",
+                route.name
+            ),
+            (false, Some(_)) => panic!(
+                "component '{component}' used emit_direct on stream '{}', which is not declared direct",
+                route.name
+            ),
+            (false, None) => {
+                for target in &mut route.targets {
+                    target.choose(*task, &emit.values, scratch);
+                }
+            }
+        }
+        if *debug {
+            tracing::info!(
+                component = %component, task = %task, stream = %route.name,
+                "Emitting: {:?} to tasks {:?}", emit.values.as_slice(), scratch
+            );
+        }
+        stats.emitted += 1;
+        stats.transferred += scratch.len() as u64;
+        if let Some(ids) = task_ids {
+            ids.extend_from_slice(scratch);
+        }
+
+        // Tuple-tree tracking: a spout message id starts a tree; a bolt's anchors extend
+        // the trees of its inputs.
+        let mut root = None;
+        if let Some(msg_id) = emit.message_id {
+            let tracking = spout.as_mut().expect("only spouts emit with a message id");
+            if ackers.is_empty() || scratch.is_empty() {
+                tracking.immediate_acks.push((*task_index, msg_id));
+            } else {
+                let r = rng.u64(..);
+                tracking.pending.insert(
+                    r,
+                    Pending {
+                        msg_id,
+                        task_index: *task_index,
+                        start: Instant::now(),
+                    },
+                );
+                tracking.pending_per_task[*task_index] += 1;
+                root = Some(r);
+            }
+        }
+        let anchored = !ackers.is_empty() && emit.anchors.iter().any(|a| !a.anchors().is_empty());
+
+        let stream = route.index;
+        let n = scratch.len();
+        let mut values = Some(emit.values);
+        let mut init_val = 0u64;
+        for (i, &to) in scratch.iter().enumerate() {
+            let anchors = if let Some(r) = root {
+                let edge = rng.u64(..);
+                init_val ^= edge;
+                Anchors::single(r, edge)
+            } else if anchored {
+                let mut child = Anchors::none();
+                for a in emit.anchors {
+                    if a.anchors().is_empty() {
+                        continue;
+                    }
+                    let edge = rng.u64(..);
+                    a.xor_ack_val(edge);
+                    for &(r, _) in a.anchors().pairs() {
+                        child.xor_edge(r, edge);
+                    }
+                }
+                child
+            } else {
+                Anchors::none()
+            };
+            let values = if i + 1 == n {
+                values.take().expect("values moved once")
+            } else {
+                values.as_ref().expect("values present").clone()
+            };
+            transfer.push(Envelope {
+                task: to,
+                msg: Msg::Tuple {
+                    stream,
+                    source: *task,
+                    values,
+                    anchors,
+                },
+            });
+        }
+        if let Some(r) = root {
+            let acker = self.acker_for(r);
+            let spout_task = self.task;
+            self.send(
+                acker,
+                Msg::AckInit {
+                    root: r,
+                    val: init_val,
+                    spout_task,
+                },
+            );
+        }
+    }
+
+    fn ack(&mut self, input: &Tuple) {
+        self.stats.acked += 1;
+        if !self.acking() {
+            return;
+        }
+        let ack_val = input.ack_val();
+        for &(root, edge) in input.anchors().pairs() {
+            let acker = self.acker_for(root);
+            self.send(
+                acker,
+                Msg::Ack {
+                    root,
+                    val: edge ^ ack_val,
+                },
+            );
+        }
+    }
+
+    fn fail(&mut self, input: &Tuple) {
+        self.stats.failed += 1;
+        self.fail_roots(input.anchors());
+    }
+
+    fn report_error(&mut self, error: &dyn std::fmt::Display) {
+        self.report(error.to_string());
+    }
+
+    fn pending_count(&self) -> usize {
+        self.spout
+            .as_ref()
+            .map_or(0, |s| s.pending_per_task[self.task_index])
+    }
+}

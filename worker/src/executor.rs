@@ -1,0 +1,501 @@
+//! Executor threads: each runs the tasks of one component (or one acker) in a loop over
+//! its receive queue.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use hdrhistogram::Histogram;
+use squall_api::{
+    Bolt, Config, OutputCollector, Spout, SpoutOutputCollector, StreamSchema, TaskId,
+    TopologyContext, Tuple, Value,
+};
+
+use crate::acker::{AckerOutcome, AckerState};
+use crate::emitter::RuntimeEmitter;
+use crate::message::{Msg, Packet};
+use crate::stats::{new_histogram, ExecutorStats};
+
+/// Execute latency is measured for one tuple in this many (Storm samples 5%).
+const SAMPLE_EVERY: u32 = 20;
+/// A spout calls `next_tuple` at most this many rounds before it looks at its inbox.
+const SPOUT_BURST: usize = 64;
+/// How long an executor with nothing to do sleeps before it re-checks its timers.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// What every executor loop shares.
+pub(crate) struct ExecutorCore {
+    pub first_task: TaskId,
+    pub rx: Receiver<Packet>,
+    pub emitter: RuntimeEmitter,
+    /// This executor's own copy of every stream schema (own reference counts, so the
+    /// tuple path touches no cache line shared with other executors).
+    pub schemas: Vec<Arc<StreamSchema>>,
+    pub stats: Arc<ExecutorStats>,
+    pub shutdown: Arc<AtomicBool>,
+    pub conf: Config,
+    pub flush_interval: Duration,
+    /// The message timeout, when timeouts are enabled.
+    pub timeout: Option<Duration>,
+    last_flush: Instant,
+}
+
+impl ExecutorCore {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        first_task: TaskId,
+        rx: Receiver<Packet>,
+        emitter: RuntimeEmitter,
+        schemas: Vec<Arc<StreamSchema>>,
+        stats: Arc<ExecutorStats>,
+        shutdown: Arc<AtomicBool>,
+        conf: Config,
+        flush_interval: Duration,
+        timeout: Option<Duration>,
+    ) -> Self {
+        ExecutorCore {
+            first_task,
+            rx,
+            emitter,
+            schemas,
+            stats,
+            shutdown,
+            conf,
+            flush_interval,
+            timeout,
+            last_flush: Instant::now(),
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    fn set_task(&mut self, index: usize) {
+        self.emitter.task_index = index;
+        self.emitter.task = TaskId(self.first_task.0 + index as u32);
+    }
+
+    /// Sends partial batches and publishes counters.
+    fn flush(&mut self, now: Instant) {
+        self.emitter.transfer.flush();
+        self.emitter.stats.publish(&self.stats);
+        self.last_flush = now;
+    }
+
+    /// Flushes when the inbox ran dry (natural batching: at low load every tuple leaves
+    /// at once, at high load batches fill) or when the flush interval passed.
+    fn maybe_flush(&mut self, now: Instant) {
+        if self.rx.is_empty() || now.duration_since(self.last_flush) >= self.flush_interval {
+            self.flush(now);
+        }
+    }
+
+    /// How long to block on the inbox: until the next timer, or the flush interval when
+    /// partial batches wait.
+    fn wait_time(&self, now: Instant, timers: &[Option<Instant>]) -> Duration {
+        let mut wait = IDLE_WAIT;
+        if self.emitter.transfer.has_pending() {
+            wait = self
+                .flush_interval
+                .saturating_sub(now.duration_since(self.last_flush));
+        }
+        for t in timers.iter().flatten() {
+            wait = wait.min(t.saturating_duration_since(now));
+        }
+        wait
+    }
+
+    fn tuple(&self, stream: u32, source: TaskId, values: squall_api::Values, anchors: squall_api::Anchors) -> Tuple {
+        Tuple::new(self.schemas[stream as usize].clone(), source, values).with_anchors(anchors)
+    }
+}
+
+fn panic_message(p: &(dyn Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Runs `f`, reporting a panic as an error of the current task instead of unwinding.
+fn guarded(core: &mut ExecutorCore, what: &str, f: impl FnOnce(&mut ExecutorCore)) -> bool {
+    match catch_unwind(AssertUnwindSafe(|| f(core))) {
+        Ok(()) => true,
+        Err(p) => {
+            let msg = panic_message(&*p);
+            let (component, task) = (core.emitter.component.clone(), core.emitter.task);
+            core.emitter
+                .report(format!("{what} of '{component}' task {task} panicked: {msg}"));
+            false
+        }
+    }
+}
+
+fn tick_every(conf: &Config) -> Option<Duration> {
+    conf.tick_tuple_freq_secs()
+        .ok()
+        .flatten()
+        .map(Duration::from_secs)
+}
+
+/// The loop of a bolt executor.
+pub(crate) fn run_bolt(mut core: ExecutorCore, mut bolts: Vec<Box<dyn Bolt>>, contexts: Vec<TopologyContext>) {
+    for (i, bolt) in bolts.iter_mut().enumerate() {
+        core.set_task(i);
+        let conf = core.conf.clone();
+        guarded(&mut core, "prepare", |_| bolt.prepare(&conf, &contexts[i]));
+    }
+    let tick_freq = tick_every(&core.conf);
+    let tick_schema = Arc::new(StreamSchema::tick());
+    let mut next_tick = tick_freq.map(|f| Instant::now() + f);
+    let mut sample = 0u32;
+
+    let mut execute = |core: &mut ExecutorCore, bolts: &mut [Box<dyn Bolt>], index: usize, tuple: Tuple| {
+        core.set_task(index);
+        let roots = (!tuple.anchors().is_empty()).then(|| tuple.anchors().clone());
+        sample = sample.wrapping_add(1);
+        let start = (sample % SAMPLE_EVERY == 0).then(Instant::now);
+        let bolt = &mut bolts[index];
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            bolt.execute(tuple, &mut OutputCollector::new(&mut core.emitter))
+        }));
+        core.emitter.stats.executed += 1;
+        if let Some(start) = start {
+            core.emitter.stats.execute_ns += start.elapsed().as_nanos() as u64;
+            core.emitter.stats.execute_samples += 1;
+        }
+        if let Err(p) = result {
+            let msg = panic_message(&*p);
+            let (component, task) = (core.emitter.component.clone(), core.emitter.task);
+            core.emitter.report(format!(
+                "bolt '{component}' task {task} panicked in execute: {msg}; failing the input tuple"
+            ));
+            if let Some(roots) = roots {
+                core.emitter.stats.failed += 1;
+                core.emitter.fail_roots(&roots);
+            }
+        }
+    };
+
+    loop {
+        if core.stopping() {
+            break;
+        }
+        let now = Instant::now();
+        match core.rx.recv_timeout(core.wait_time(now, &[next_tick])) {
+            Ok(Packet::Batch(batch)) => {
+                for env in batch {
+                    let index = env.task.0.wrapping_sub(core.first_task.0) as usize;
+                    match env.msg {
+                        Msg::Tuple {
+                            stream,
+                            source,
+                            values,
+                            anchors,
+                        } if index < bolts.len() => {
+                            let tuple = core.tuple(stream, source, values, anchors);
+                            execute(&mut core, &mut bolts, index, tuple);
+                        }
+                        other => tracing::warn!(
+                            component = %core.emitter.component,
+                            "bolt executor ignoring unexpected message {other:?}"
+                        ),
+                    }
+                }
+            }
+            Ok(Packet::Wake | Packet::Activate | Packet::Deactivate) => {}
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        let now = Instant::now();
+        if let (Some(due), Some(freq)) = (next_tick, tick_freq) {
+            if now >= due {
+                for i in 0..bolts.len() {
+                    let tick = Tuple::tick(tick_schema.clone(), freq.as_secs());
+                    execute(&mut core, &mut bolts, i, tick);
+                }
+                next_tick = Some(now + freq);
+            }
+        }
+        core.maybe_flush(now);
+    }
+    for (i, bolt) in bolts.iter_mut().enumerate() {
+        core.set_task(i);
+        guarded(&mut core, "cleanup", |_| bolt.cleanup());
+    }
+    core.flush(Instant::now());
+}
+
+/// The loop of an acker executor.
+pub(crate) fn run_acker(mut core: ExecutorCore) {
+    let mut state = AckerState::new();
+    let mut next_rotate = core.timeout.map(|t| Instant::now() + t);
+    loop {
+        if core.stopping() {
+            break;
+        }
+        let now = Instant::now();
+        match core.rx.recv_timeout(core.wait_time(now, &[next_rotate])) {
+            Ok(Packet::Batch(batch)) => {
+                core.emitter.stats.executed += batch.len() as u64;
+                for env in batch {
+                    let outcome = match env.msg {
+                        Msg::AckInit {
+                            root,
+                            val,
+                            spout_task,
+                        } => state.init(root, val, spout_task),
+                        Msg::Ack { root, val } => state.ack(root, val),
+                        Msg::Fail { root } => state.fail(root),
+                        other => {
+                            tracing::warn!("acker ignoring unexpected message {other:?}");
+                            None
+                        }
+                    };
+                    match outcome {
+                        Some(AckerOutcome::Ack { root, spout_task }) => {
+                            core.emitter.stats.acked += 1;
+                            core.emitter.send(spout_task, Msg::TreeAcked { root });
+                        }
+                        Some(AckerOutcome::Fail { root, spout_task }) => {
+                            core.emitter.stats.failed += 1;
+                            core.emitter.send(spout_task, Msg::TreeFailed { root });
+                        }
+                        None => {}
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        let now = Instant::now();
+        if let (Some(due), Some(t)) = (next_rotate, core.timeout) {
+            if now >= due {
+                state.rotate();
+                next_rotate = Some(now + t);
+            }
+        }
+        core.maybe_flush(now);
+    }
+    core.flush(Instant::now());
+}
+
+/// Spout executor state beyond the shared core.
+pub(crate) struct SpoutSettings {
+    pub active: bool,
+    pub max_pending: Option<usize>,
+    pub wait: Duration,
+}
+
+struct SpoutLoop {
+    core: ExecutorCore,
+    spouts: Vec<Box<dyn Spout>>,
+    active: bool,
+    latency: Histogram<u64>,
+    last_publish: Instant,
+}
+
+impl SpoutLoop {
+    fn call(&mut self, index: usize, what: &str, f: impl FnOnce(&mut dyn Spout, &mut RuntimeEmitter)) {
+        self.core.set_task(index);
+        let spout = &mut *self.spouts[index];
+        guarded(&mut self.core, what, |core| f(spout, &mut core.emitter));
+    }
+
+    fn handle(&mut self, packet: Packet) {
+        match packet {
+            Packet::Batch(batch) => {
+                for env in batch {
+                    match env.msg {
+                        Msg::TreeAcked { root } => self.complete(root, true),
+                        Msg::TreeFailed { root } => self.complete(root, false),
+                        other => tracing::warn!("spout executor ignoring unexpected message {other:?}"),
+                    }
+                }
+            }
+            Packet::Activate if !self.active => {
+                self.active = true;
+                for i in 0..self.spouts.len() {
+                    self.call(i, "activate", |s, _| s.activate());
+                }
+            }
+            Packet::Deactivate if self.active => {
+                self.active = false;
+                for i in 0..self.spouts.len() {
+                    self.call(i, "deactivate", |s, _| s.deactivate());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn complete(&mut self, root: u64, acked: bool) {
+        let tracking = self.core.emitter.spout.as_mut().expect("spout tracking");
+        // A tree that already timed out (and was failed) may still complete later.
+        let Some(p) = tracking.pending.remove(&root) else {
+            return;
+        };
+        tracking.pending_per_task[p.task_index] -= 1;
+        if acked {
+            let us = p.start.elapsed().as_micros() as u64;
+            let _ = self.latency.record(us.max(1));
+            self.core.emitter.stats.acked += 1;
+            self.call(p.task_index, "ack", |s, _| s.ack(p.msg_id));
+        } else {
+            self.core.emitter.stats.failed += 1;
+            self.call(p.task_index, "fail", |s, _| s.fail(p.msg_id));
+        }
+    }
+
+    fn immediate_acks(&mut self) {
+        let tracking = self.core.emitter.spout.as_mut().expect("spout tracking");
+        if tracking.immediate_acks.is_empty() {
+            return;
+        }
+        let acks: Vec<(usize, Value)> = std::mem::take(&mut tracking.immediate_acks);
+        self.core.emitter.stats.acked += acks.len() as u64;
+        for (index, msg_id) in acks {
+            self.call(index, "ack", |s, _| s.ack(msg_id));
+        }
+    }
+
+    fn time_out(&mut self) {
+        let tracking = self.core.emitter.spout.as_mut().expect("spout tracking");
+        let expired = tracking.pending.rotate();
+        for p in expired.values() {
+            tracking.pending_per_task[p.task_index] -= 1;
+        }
+        let n = expired.len() as u64;
+        self.core.emitter.stats.failed += n;
+        self.core.emitter.stats.timed_out += n;
+        for (_, p) in expired {
+            self.call(p.task_index, "fail", |s, _| s.fail(p.msg_id));
+        }
+    }
+
+    fn has_room(&self, max_pending: Option<usize>, index: usize) -> bool {
+        let tracking = self.core.emitter.spout.as_ref().expect("spout tracking");
+        max_pending.is_none_or(|m| tracking.pending_per_task[index] < m)
+    }
+
+    fn publish_latency(&mut self, now: Instant, force: bool) {
+        if self.latency.is_empty() || (!force && now.duration_since(self.last_publish) < IDLE_WAIT) {
+            return;
+        }
+        let mut shared = self
+            .core
+            .stats
+            .complete_latency_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let _ = shared.add(&self.latency);
+        self.latency.reset();
+        self.last_publish = now;
+    }
+}
+
+/// The loop of a spout executor.
+pub(crate) fn run_spout(
+    core: ExecutorCore,
+    spouts: Vec<Box<dyn Spout>>,
+    contexts: Vec<TopologyContext>,
+    settings: SpoutSettings,
+) {
+    let mut sl = SpoutLoop {
+        core,
+        spouts,
+        active: false,
+        latency: new_histogram(),
+        last_publish: Instant::now(),
+    };
+    let conf = sl.core.conf.clone();
+    for (i, ctx) in contexts.iter().enumerate() {
+        sl.call(i, "open", |s, _| s.open(&conf, ctx));
+    }
+    if settings.active {
+        sl.handle(Packet::Activate);
+    }
+    let mut next_rotate = sl.core.timeout.map(|t| Instant::now() + t);
+    'outer: loop {
+        if sl.core.stopping() {
+            break;
+        }
+        loop {
+            match sl.core.rx.try_recv() {
+                Ok(p) => sl.handle(p),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => break 'outer,
+            }
+        }
+        sl.immediate_acks();
+        let now = Instant::now();
+        if let (Some(due), Some(t)) = (next_rotate, sl.core.timeout) {
+            if now >= due {
+                sl.time_out();
+                next_rotate = Some(now + t);
+            }
+        }
+
+        let mut emitted_any = false;
+        let mut room_any = false;
+        if sl.active {
+            for _ in 0..SPOUT_BURST {
+                let before = sl.core.emitter.stats.emitted;
+                for i in 0..sl.spouts.len() {
+                    if sl.has_room(settings.max_pending, i) {
+                        room_any = true;
+                        sl.call(i, "next_tuple", |s, e| {
+                            s.next_tuple(&mut SpoutOutputCollector::new(e))
+                        });
+                    }
+                }
+                sl.immediate_acks();
+                if sl.core.emitter.stats.emitted == before {
+                    break;
+                }
+                emitted_any = true;
+            }
+        }
+        let now = Instant::now();
+        if emitted_any {
+            if now.duration_since(sl.core.last_flush) >= sl.core.flush_interval {
+                sl.core.flush(now);
+            }
+        } else {
+            sl.core.flush(now);
+            // Nothing emitted: sleep briefly when the spout had nothing to give, longer
+            // when it is inactive or at max pending; an ack or a control message wakes it.
+            let mut wait = if sl.active && room_any {
+                settings.wait
+            } else {
+                IDLE_WAIT
+            };
+            if let Some(due) = next_rotate {
+                wait = wait.min(due.saturating_duration_since(now));
+            }
+            match sl.core.rx.recv_timeout(wait) {
+                Ok(p) => sl.handle(p),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        sl.publish_latency(now, false);
+    }
+    if sl.active {
+        sl.handle(Packet::Deactivate);
+    }
+    for i in 0..sl.spouts.len() {
+        sl.call(i, "close", |s, _| s.close());
+    }
+    let now = Instant::now();
+    sl.core.flush(now);
+    sl.publish_latency(now, true);
+}

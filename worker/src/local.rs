@@ -1,0 +1,153 @@
+//! Local mode: whole topologies in this process (Storm's `LocalCluster`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use squall_api::{Config, TaskLayout, Topology};
+
+use crate::runtime::{TopologyRuntime, TopologyStats};
+use crate::stats::ReportedError;
+use crate::WorkerError;
+
+/// Runs topologies inside this process, each executor on its own thread, exactly as a
+/// worker would but with every task local. Dropping the cluster kills its topologies.
+///
+/// ```no_run
+/// # fn demo(topology: squall_api::Topology) -> Result<(), squall_worker::WorkerError> {
+/// use squall_worker::LocalCluster;
+/// let cluster = LocalCluster::new();
+/// cluster.submit_topology("word-count", &squall_api::Config::new(), &topology)?;
+/// std::thread::sleep(std::time::Duration::from_secs(10));
+/// println!("{:?}", cluster.stats("word-count")?);
+/// cluster.kill_topology("word-count")?;
+/// # Ok(()) }
+/// ```
+#[derive(Default)]
+pub struct LocalCluster {
+    topologies: Mutex<BTreeMap<String, TopologyRuntime>>,
+}
+
+/// Checks a topology name the way Nimbus does: non-empty, no path separators or
+/// control characters.
+pub fn validate_topology_name(name: &str) -> Result<(), WorkerError> {
+    let bad = name.is_empty()
+        || name.len() > 200
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control());
+    if bad {
+        return Err(WorkerError::InvalidName(name.to_owned()));
+    }
+    Ok(())
+}
+
+impl LocalCluster {
+    /// An empty local cluster.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, TopologyRuntime>> {
+        self.topologies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Validates and starts `topology` under `name`, active.
+    pub fn submit_topology(
+        &self,
+        name: &str,
+        conf: &Config,
+        topology: &Topology,
+    ) -> Result<(), WorkerError> {
+        validate_topology_name(name)?;
+        conf.validate()?;
+        topology.spec().validate()?;
+        let mut topologies = self.lock();
+        if topologies.contains_key(name) {
+            return Err(WorkerError::AlreadyRunning(name.to_owned()));
+        }
+        let mut conf = conf.clone();
+        conf.set(squall_api::config::keys::TOPOLOGY_NAME, name);
+        let layout = Arc::new(TaskLayout::new(topology.spec(), conf.num_ackers()?));
+        let launched = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let id = format!("{name}-1-{launched}");
+        let runtime = TopologyRuntime::start(&id, topology, &conf, layout, true)?;
+        topologies.insert(name.to_owned(), runtime);
+        Ok(())
+    }
+
+    fn with<T>(&self, name: &str, f: impl FnOnce(&TopologyRuntime) -> T) -> Result<T, WorkerError> {
+        let topologies = self.lock();
+        let rt = topologies
+            .get(name)
+            .ok_or_else(|| WorkerError::UnknownTopology(name.to_owned()))?;
+        Ok(f(rt))
+    }
+
+    /// Names of the running topologies.
+    pub fn topology_names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Resumes the spouts of `name`.
+    pub fn activate(&self, name: &str) -> Result<(), WorkerError> {
+        self.with(name, |rt| rt.activate())
+    }
+
+    /// Pauses the spouts of `name`.
+    pub fn deactivate(&self, name: &str) -> Result<(), WorkerError> {
+        self.with(name, |rt| rt.deactivate())
+    }
+
+    /// Counters of `name`.
+    pub fn stats(&self, name: &str) -> Result<TopologyStats, WorkerError> {
+        self.with(name, |rt| rt.stats())
+    }
+
+    /// Errors reported by the tasks of `name`.
+    pub fn errors(&self, name: &str) -> Result<Vec<ReportedError>, WorkerError> {
+        self.with(name, |rt| rt.errors())
+    }
+
+    /// Kills `name` at once.
+    pub fn kill_topology(&self, name: &str) -> Result<TopologyStats, WorkerError> {
+        self.kill_topology_with_opts(name, Duration::ZERO)
+    }
+
+    /// Deactivates `name`, lets in-flight tuples finish for `wait`, then stops it and
+    /// returns its final counters.
+    pub fn kill_topology_with_opts(
+        &self,
+        name: &str,
+        wait: Duration,
+    ) -> Result<TopologyStats, WorkerError> {
+        let mut rt = self
+            .lock()
+            .remove(name)
+            .ok_or_else(|| WorkerError::UnknownTopology(name.to_owned()))?;
+        if !wait.is_zero() {
+            rt.deactivate();
+            std::thread::sleep(wait);
+        }
+        rt.shutdown(Duration::from_secs(10));
+        Ok(rt.stats())
+    }
+
+    /// Kills every topology.
+    pub fn shutdown(&self) {
+        let all: Vec<TopologyRuntime> = std::mem::take(&mut *self.lock()).into_values().collect();
+        for mut rt in all {
+            rt.shutdown(Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
