@@ -8,8 +8,8 @@ use std::time::Instant;
 use foldhash::fast::RandomState;
 use squall_api::{
     values, BasicBolt, BasicOutputCollector, Bolt, BoxError, Config, OutputCollector,
-    OutputFieldsDeclarer, Spout, SpoutOutputCollector, TopologyBuilder, TopologyContext,
-    TopologyError, Tuple, Value, Topology,
+    OutputFieldsDeclarer, Spout, SpoutOutputCollector, Topology, TopologyBuilder, TopologyContext,
+    TopologyError, Tuple, Value,
 };
 
 /// The five sentences of Storm's `RandomSentenceSpout`.
@@ -128,7 +128,11 @@ impl Spout for SentenceSpout {
 pub struct SplitSentence;
 
 impl BasicBolt for SplitSentence {
-    fn execute(&mut self, input: &Tuple, out: &mut BasicOutputCollector<'_, '_>) -> Result<(), BoxError> {
+    fn execute(
+        &mut self,
+        input: &Tuple,
+        out: &mut BasicOutputCollector<'_, '_>,
+    ) -> Result<(), BoxError> {
         for word in input.get_string(0)?.split(' ') {
             out.emit(values![word]);
         }
@@ -213,7 +217,11 @@ pub struct ReportBolt {
 }
 
 impl BasicBolt for ReportBolt {
-    fn execute(&mut self, input: &Tuple, _out: &mut BasicOutputCollector<'_, '_>) -> Result<(), BoxError> {
+    fn execute(
+        &mut self,
+        input: &Tuple,
+        _out: &mut BasicOutputCollector<'_, '_>,
+    ) -> Result<(), BoxError> {
         let word = input.get_string_by_field("word")?;
         let count = input.get_long_by_field("count")?;
         self.counts
@@ -272,8 +280,14 @@ pub fn word_count_topology(o: &WordCountOptions) -> Result<Topology, TopologyErr
     b.set_bolt("count", count, o.counters)
         .fields_grouping("split", ["word"]);
     if let Some((_, counts)) = &o.report {
-        b.set_bolt("report", ReportBolt { counts: counts.clone() }, 1)
-            .global_grouping("count");
+        b.set_bolt(
+            "report",
+            ReportBolt {
+                counts: counts.clone(),
+            },
+            1,
+        )
+        .global_grouping("count");
     }
     b.create_topology()
 }

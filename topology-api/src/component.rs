@@ -385,7 +385,13 @@ impl<'a> SpoutOutputCollector<'a> {
     }
 
     /// Emits on direct stream `stream` to `task`.
-    pub fn emit_direct(&mut self, task: TaskId, stream: &str, values: Values, msg_id: Option<Value>) {
+    pub fn emit_direct(
+        &mut self,
+        task: TaskId,
+        stream: &str,
+        values: Values,
+        msg_id: Option<Value>,
+    ) {
         self.emitter.emit(
             Emit {
                 stream,

@@ -23,8 +23,7 @@ pub mod keys {
     /// Send a tick tuple to bolts every this many seconds (default: no ticks).
     pub const TOPOLOGY_TICK_TUPLE_FREQ_SECS: &str = "topology.tick.tuple.freq.secs";
     /// Capacity of an executor's receive queue, in tuples (default 32768).
-    pub const TOPOLOGY_EXECUTOR_RECEIVE_BUFFER_SIZE: &str =
-        "topology.executor.receive.buffer.size";
+    pub const TOPOLOGY_EXECUTOR_RECEIVE_BUFFER_SIZE: &str = "topology.executor.receive.buffer.size";
     /// Tuples per batch handed from one executor to another (Squall default 256; see
     /// ARCHITECTURE.md for why it differs from Storm's 1).
     pub const TOPOLOGY_PRODUCER_BATCH_SIZE: &str = "topology.producer.batch.size";
@@ -193,7 +192,9 @@ impl Config {
 
     /// `topology.workers` (default 1, at least 1).
     pub fn num_workers(&self) -> Result<u32, ConfigError> {
-        Ok(self.positive(keys::TOPOLOGY_WORKERS, 1)?.min(u32::MAX as u64) as u32)
+        Ok(self
+            .positive(keys::TOPOLOGY_WORKERS, 1)?
+            .min(u32::MAX as u64) as u32)
     }
 
     /// `topology.acker.executors`, defaulting to one acker per worker.

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use crate::fields::Fields;
-use crate::ids::{ComponentId, GlobalStreamId, TaskId};
 use crate::grouping::Grouping;
+use crate::ids::{ComponentId, GlobalStreamId, TaskId};
 use crate::topology::{TaskLayout, TopologySpec};
 
 /// A task's view of the topology, handed to `open` / `prepare`.

@@ -45,8 +45,8 @@ pub use ids::{
     SYSTEM_COMPONENT, TICK_STREAM,
 };
 pub use topology::{
-    executor_ranges, ComponentDeclarer, ComponentKind, ComponentSpec, ComponentTasks,
-    Subscription, TaskLayout, Topology, TopologyBuilder, TopologyError, TopologySpec,
+    executor_ranges, ComponentDeclarer, ComponentKind, ComponentSpec, ComponentTasks, Subscription,
+    TaskLayout, Topology, TopologyBuilder, TopologyError, TopologySpec,
 };
 pub use tuple::{Anchors, StreamSchema, Tuple, TupleError};
 pub use value::{Value, Values};

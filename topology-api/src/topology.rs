@@ -72,7 +72,9 @@ pub enum TopologyError {
     #[error("component id '{0}' is used twice")]
     DuplicateComponent(String),
     /// A component or stream id is empty or starts with `__` (reserved for the system).
-    #[error("{what} id '{id}' is reserved or empty: ids must be non-empty and not start with '__'")]
+    #[error(
+        "{what} id '{id}' is reserved or empty: ids must be non-empty and not start with '__'"
+    )]
     ReservedName {
         /// `component` or `stream`.
         what: &'static str,
@@ -229,7 +231,11 @@ impl TopologySpec {
         Ok(())
     }
 
-    fn check_subscription(&self, id: &ComponentId, sub: &Subscription) -> Result<(), TopologyError> {
+    fn check_subscription(
+        &self,
+        id: &ComponentId,
+        sub: &Subscription,
+    ) -> Result<(), TopologyError> {
         let source = self.components.get(&sub.source.component).ok_or_else(|| {
             TopologyError::UnknownSource {
                 component: id.to_string(),
@@ -445,7 +451,9 @@ pub struct Topology {
 
 impl fmt::Debug for Topology {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Topology").field("spec", &self.spec).finish()
+        f.debug_struct("Topology")
+            .field("spec", &self.spec)
+            .finish()
     }
 }
 
@@ -483,7 +491,11 @@ impl Topology {
     }
 
     /// Replaces parallelism hints (Storm's rebalance `-e component=n`). Task counts stay.
-    pub fn set_parallelism(&mut self, component: &str, parallelism: u32) -> Result<(), TopologyError> {
+    pub fn set_parallelism(
+        &mut self,
+        component: &str,
+        parallelism: u32,
+    ) -> Result<(), TopologyError> {
         let c = self
             .spec
             .components

@@ -319,7 +319,10 @@ typed_getters! {
 impl fmt::Debug for Tuple {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tuple")
-            .field("source", &format_args!("{}:{}", self.schema.component, self.source_task))
+            .field(
+                "source",
+                &format_args!("{}:{}", self.schema.component, self.source_task),
+            )
             .field("stream", &self.schema.stream.as_str())
             .field("values", &self.values)
             .finish()
@@ -392,7 +395,11 @@ mod tests {
         );
         assert!(matches!(
             t.get_value(5),
-            Err(TupleError::IndexOutOfRange { index: 5, size: 2, .. })
+            Err(TupleError::IndexOutOfRange {
+                index: 5,
+                size: 2,
+                ..
+            })
         ));
     }
 

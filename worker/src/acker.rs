@@ -133,7 +133,11 @@ mod tests {
                             // The first node hangs off the spout; the others off the spout
                             // or an earlier node.
                             let choice = ix.index(i + 1);
-                            if choice == i { None } else { Some(choice) }
+                            if choice == i {
+                                None
+                            } else {
+                                Some(choice)
+                            }
                         })
                         .collect();
                     Tree { parent, fails }
@@ -237,7 +241,10 @@ mod tests {
         assert_eq!(a.ack(1, 5), None);
         assert_eq!(
             a.init(1, 5, TaskId(2)),
-            Some(AckerOutcome::Ack { root: 1, spout_task: TaskId(2) })
+            Some(AckerOutcome::Ack {
+                root: 1,
+                spout_task: TaskId(2)
+            })
         );
         assert_eq!(a.pending(), 0);
     }
@@ -248,7 +255,10 @@ mod tests {
         assert_eq!(a.fail(9), None);
         assert_eq!(
             a.init(9, 3, TaskId(4)),
-            Some(AckerOutcome::Fail { root: 9, spout_task: TaskId(4) })
+            Some(AckerOutcome::Fail {
+                root: 9,
+                spout_task: TaskId(4)
+            })
         );
     }
 

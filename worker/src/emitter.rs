@@ -102,12 +102,14 @@ impl RuntimeEmitter {
     fn route_index(&self, stream: &str) -> usize {
         match self.routes.iter().position(|r| r.name == stream) {
             Some(i) => i,
-            None => panic!(
+            None => {
+                panic!(
                 "component '{}' emitted on stream '{}', which it did not declare (declared: {:?})",
                 self.component,
                 stream,
                 self.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>()
-            ),
+            )
+            }
         }
     }
 

@@ -109,7 +109,13 @@ impl ExecutorCore {
         wait
     }
 
-    fn tuple(&self, stream: u32, source: TaskId, values: squall_api::Values, anchors: squall_api::Anchors) -> Tuple {
+    fn tuple(
+        &self,
+        stream: u32,
+        source: TaskId,
+        values: squall_api::Values,
+        anchors: squall_api::Anchors,
+    ) -> Tuple {
         Tuple::new(self.schemas[stream as usize].clone(), source, values).with_anchors(anchors)
     }
 }
@@ -131,8 +137,9 @@ fn guarded(core: &mut ExecutorCore, what: &str, f: impl FnOnce(&mut ExecutorCore
         Err(p) => {
             let msg = panic_message(&*p);
             let (component, task) = (core.emitter.component.clone(), core.emitter.task);
-            core.emitter
-                .report(format!("{what} of '{component}' task {task} panicked: {msg}"));
+            core.emitter.report(format!(
+                "{what} of '{component}' task {task} panicked: {msg}"
+            ));
             false
         }
     }
@@ -146,7 +153,11 @@ fn tick_every(conf: &Config) -> Option<Duration> {
 }
 
 /// The loop of a bolt executor.
-pub(crate) fn run_bolt(mut core: ExecutorCore, mut bolts: Vec<Box<dyn Bolt>>, contexts: Vec<TopologyContext>) {
+pub(crate) fn run_bolt(
+    mut core: ExecutorCore,
+    mut bolts: Vec<Box<dyn Bolt>>,
+    contexts: Vec<TopologyContext>,
+) {
     for (i, bolt) in bolts.iter_mut().enumerate() {
         core.set_task(i);
         let conf = core.conf.clone();
@@ -157,32 +168,33 @@ pub(crate) fn run_bolt(mut core: ExecutorCore, mut bolts: Vec<Box<dyn Bolt>>, co
     let mut next_tick = tick_freq.map(|f| Instant::now() + f);
     let mut sample = 0u32;
 
-    let mut execute = |core: &mut ExecutorCore, bolts: &mut [Box<dyn Bolt>], index: usize, tuple: Tuple| {
-        core.set_task(index);
-        let roots = (!tuple.anchors().is_empty()).then(|| tuple.anchors().clone());
-        sample = sample.wrapping_add(1);
-        let start = (sample % SAMPLE_EVERY == 0).then(Instant::now);
-        let bolt = &mut bolts[index];
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            bolt.execute(tuple, &mut OutputCollector::new(&mut core.emitter))
-        }));
-        core.emitter.stats.executed += 1;
-        if let Some(start) = start {
-            core.emitter.stats.execute_ns += start.elapsed().as_nanos() as u64;
-            core.emitter.stats.execute_samples += 1;
-        }
-        if let Err(p) = result {
-            let msg = panic_message(&*p);
-            let (component, task) = (core.emitter.component.clone(), core.emitter.task);
-            core.emitter.report(format!(
+    let mut execute =
+        |core: &mut ExecutorCore, bolts: &mut [Box<dyn Bolt>], index: usize, tuple: Tuple| {
+            core.set_task(index);
+            let roots = (!tuple.anchors().is_empty()).then(|| tuple.anchors().clone());
+            sample = sample.wrapping_add(1);
+            let start = (sample % SAMPLE_EVERY == 0).then(Instant::now);
+            let bolt = &mut bolts[index];
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                bolt.execute(tuple, &mut OutputCollector::new(&mut core.emitter))
+            }));
+            core.emitter.stats.executed += 1;
+            if let Some(start) = start {
+                core.emitter.stats.execute_ns += start.elapsed().as_nanos() as u64;
+                core.emitter.stats.execute_samples += 1;
+            }
+            if let Err(p) = result {
+                let msg = panic_message(&*p);
+                let (component, task) = (core.emitter.component.clone(), core.emitter.task);
+                core.emitter.report(format!(
                 "bolt '{component}' task {task} panicked in execute: {msg}; failing the input tuple"
             ));
-            if let Some(roots) = roots {
-                core.emitter.stats.failed += 1;
-                core.emitter.fail_roots(&roots);
+                if let Some(roots) = roots {
+                    core.emitter.stats.failed += 1;
+                    core.emitter.fail_roots(&roots);
+                }
             }
-        }
-    };
+        };
 
     loop {
         if core.stopping() {
@@ -304,7 +316,12 @@ struct SpoutLoop {
 }
 
 impl SpoutLoop {
-    fn call(&mut self, index: usize, what: &str, f: impl FnOnce(&mut dyn Spout, &mut RuntimeEmitter)) {
+    fn call(
+        &mut self,
+        index: usize,
+        what: &str,
+        f: impl FnOnce(&mut dyn Spout, &mut RuntimeEmitter),
+    ) {
         self.core.set_task(index);
         let spout = &mut *self.spouts[index];
         guarded(&mut self.core, what, |core| f(spout, &mut core.emitter));
@@ -317,7 +334,9 @@ impl SpoutLoop {
                     match env.msg {
                         Msg::TreeAcked { root } => self.complete(root, true),
                         Msg::TreeFailed { root } => self.complete(root, false),
-                        other => tracing::warn!("spout executor ignoring unexpected message {other:?}"),
+                        other => {
+                            tracing::warn!("spout executor ignoring unexpected message {other:?}")
+                        }
                     }
                 }
             }
@@ -387,7 +406,8 @@ impl SpoutLoop {
     }
 
     fn publish_latency(&mut self, now: Instant, force: bool) {
-        if self.latency.is_empty() || (!force && now.duration_since(self.last_publish) < IDLE_WAIT) {
+        if self.latency.is_empty() || (!force && now.duration_since(self.last_publish) < IDLE_WAIT)
+        {
             return;
         }
         let mut shared = self

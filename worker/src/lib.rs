@@ -45,7 +45,9 @@ pub enum WorkerError {
     #[error("no topology named '{0}' is running")]
     UnknownTopology(String),
     /// The name cannot be used.
-    #[error("invalid topology name '{0}': use 1-200 characters without '/', '\\' or control characters")]
+    #[error(
+        "invalid topology name '{0}': use 1-200 characters without '/', '\\' or control characters"
+    )]
     InvalidName(String),
     /// The binary lacks a component of the topology.
     #[error("component '{0}' has no implementation in this binary")]

@@ -90,7 +90,9 @@ impl Target {
                 rng.shuffle(&mut order);
                 Grouper::RoundRobin { order, next: 0 }
             }
-            Grouping::Fields(f) => Grouper::Fields { indices: indices(f) },
+            Grouping::Fields(f) => Grouper::Fields {
+                indices: indices(f),
+            },
             Grouping::PartialKey(f) => Grouper::PartialKey {
                 indices: indices(f),
                 sent: vec![0; tasks.len()],
@@ -137,7 +139,11 @@ impl Target {
             Grouper::Custom { grouping, scratch } => {
                 scratch.clear();
                 grouping.choose_tasks(source, values, scratch);
-                out.extend(scratch.iter().filter(|t| self.tasks.binary_search(t).is_ok()));
+                out.extend(
+                    scratch
+                        .iter()
+                        .filter(|t| self.tasks.binary_search(t).is_ok()),
+                );
             }
         }
     }
@@ -279,6 +285,9 @@ mod tests {
             *counts.entry(out[0]).or_insert(0) += 1;
         }
         let loads: Vec<i32> = counts.values().copied().collect();
-        assert!(loads.len() == 1 || loads.iter().all(|&c| c == 500), "{loads:?}");
+        assert!(
+            loads.len() == 1 || loads.iter().all(|&c| c == 500),
+            "{loads:?}"
+        );
     }
 }

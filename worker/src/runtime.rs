@@ -121,7 +121,11 @@ impl TopologyRuntime {
         let all: Vec<(ComponentId, ComponentKind, TaskId, TaskId)> = layout
             .components()
             .iter()
-            .flat_map(|(id, c)| c.executors.iter().map(move |&(a, b)| (id.clone(), c.kind, a, b)))
+            .flat_map(|(id, c)| {
+                c.executors
+                    .iter()
+                    .map(move |&(a, b)| (id.clone(), c.kind, a, b))
+            })
             .collect();
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
@@ -263,7 +267,11 @@ impl TopologyRuntime {
     }
 
     fn to_spouts(&self, packet: fn() -> Packet) {
-        for e in self.executors.iter().filter(|e| e.kind == ComponentKind::Spout) {
+        for e in self
+            .executors
+            .iter()
+            .filter(|e| e.kind == ComponentKind::Spout)
+        {
             let _ = e.tx.send(packet());
         }
     }

@@ -39,7 +39,11 @@ pub struct StormSubmitter;
 impl StormSubmitter {
     /// Submits `topology` as `name`. Only works in a binary started by `squall jar`;
     /// a binary run directly gets a clear error saying so.
-    pub fn submit_topology(name: &str, conf: &Config, topology: &Topology) -> Result<(), WorkerError> {
+    pub fn submit_topology(
+        name: &str,
+        conf: &Config,
+        topology: &Topology,
+    ) -> Result<(), WorkerError> {
         crate::local::validate_topology_name(name)?;
         conf.validate()?;
         topology.spec().validate()?;

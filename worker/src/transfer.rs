@@ -25,7 +25,11 @@ pub(crate) struct Transfer {
 
 impl Transfer {
     /// `queues[i]` receives for executor `i`; `dest_of_task[task]` names that executor.
-    pub fn new(queues: &[Sender<Packet>], dest_of_task: &[Option<usize>], batch_size: usize) -> Self {
+    pub fn new(
+        queues: &[Sender<Packet>],
+        dest_of_task: &[Option<usize>],
+        batch_size: usize,
+    ) -> Self {
         Transfer {
             dest_of_task: dest_of_task
                 .iter()

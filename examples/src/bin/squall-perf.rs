@@ -26,7 +26,10 @@ enum Topo {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "squall-perf", about = "Squall's perf topologies (as Storm's storm-perf)")]
+#[command(
+    name = "squall-perf",
+    about = "Squall's perf topologies (as Storm's storm-perf)"
+)]
 struct Args {
     /// Which topology.
     #[arg(value_enum)]
@@ -108,14 +111,16 @@ fn sink(t: Topo) -> &'static str {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let a = Args::parse();
     if a.workers > 1 {
-        bail!("--workers {} needs cluster mode, which this build does not have yet", a.workers);
+        bail!(
+            "--workers {} needs cluster mode, which this build does not have yet",
+            a.workers
+        );
     }
     let topology = topology(&a)?;
     let mut conf = Config::new();
