@@ -365,3 +365,8 @@ impl Bolt for DevNullBolt {
         out.ack(&input);
     }
 }
+
+/// The README's code examples, compiled as doc tests so they stay true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
