@@ -1,0 +1,1 @@
+//! Development ZooKeeper (to be written).
