@@ -1,0 +1,531 @@
+//! Nimbus's RPC API: HTTP/1.1 with JSON bodies on `nimbus.thrift.port` (Storm's key and
+//! port, 6627; the protocol is HTTP instead of Thrift so any HTTP tool can talk to it).
+//!
+//! | method and path | body → answer |
+//! |---|---|
+//! | `PUT /nimbus/v1/binaries/<sha256>` | the topology binary (streamed) → `{}` |
+//! | `GET /nimbus/v1/binaries/<sha256>` | → the binary |
+//! | `POST /nimbus/v1/topologies` | [`SubmitRequest`] → [`SubmitResponse`] |
+//! | `GET /nimbus/v1/topologies` | → `[`[`TopologySummary`]`]` |
+//! | `GET /nimbus/v1/topologies/<name>` | → [`TopologyInfo`] |
+//! | `POST /nimbus/v1/topologies/<name>/kill` | [`KillRequest`] → `{}` |
+//! | `POST /nimbus/v1/topologies/<name>/activate` / `deactivate` | → `{}` |
+//! | `POST /nimbus/v1/topologies/<name>/rebalance` | [`RebalanceCommand`] → `{}` |
+//! | `POST /nimbus/v1/heartbeats` | [`WorkerHeartbeat`] → [`HeartbeatResponse`] |
+//! | `GET /nimbus/v1/cluster` | → [`ClusterSummary`] |
+//!
+//! Errors answer 4xx/5xx with `{"error": "<what is wrong>"}`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use squall_api::{Config, TopologySpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::state::{
+    ErrorInfo, ExecutorHeartbeat, HeartbeatResponse, NimbusSummary, RebalanceRequest,
+    SupervisorInfo, TopologyStatus, WorkerHeartbeat,
+};
+
+/// Path prefix of every RPC.
+pub const PREFIX: &str = "/nimbus/v1";
+
+/// A topology submission.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    /// The name.
+    pub name: String,
+    /// The topology as data (validated again by Nimbus).
+    pub spec: TopologySpec,
+    /// The topology configuration.
+    pub conf: Config,
+    /// SHA-256 of the uploaded binary.
+    pub binary_sha256: String,
+    /// Arguments to give the binary when it runs as a worker.
+    pub args: Vec<String>,
+    /// Who submits.
+    pub owner: String,
+}
+
+/// Answer to a submission.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    /// The new topology's id.
+    pub topology_id: String,
+}
+
+/// A row of `squall list` (Storm's columns).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopologySummary {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Status.
+    pub status: TopologyStatus,
+    /// Seconds since launch.
+    pub uptime_secs: u64,
+    /// Tasks (including ackers).
+    pub num_tasks: u32,
+    /// Workers assigned.
+    pub num_workers: u32,
+    /// Executors (including ackers).
+    pub num_executors: u32,
+    /// Owner.
+    pub owner: String,
+}
+
+/// One worker of a topology.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerSummary {
+    /// Supervisor id.
+    pub supervisor_id: String,
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Executors it runs.
+    pub num_executors: u32,
+    /// Seconds since its last heartbeat reached Nimbus (`None`: never).
+    pub heartbeat_age_secs: Option<u64>,
+    /// Worker uptime at its last heartbeat.
+    pub uptime_secs: u64,
+}
+
+/// One component, summed over its executors' last heartbeats.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ComponentSummary {
+    /// Component id.
+    pub id: String,
+    /// `spout` or `bolt` (`__acker` is a bolt).
+    pub kind: String,
+    /// Executors.
+    pub executors: u32,
+    /// Tasks.
+    pub tasks: u32,
+    /// Emitted.
+    pub emitted: u64,
+    /// Transferred.
+    pub transferred: u64,
+    /// Acked.
+    pub acked: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Executed.
+    pub executed: u64,
+    /// Mean execute latency, ms.
+    pub execute_latency_ms: f64,
+    /// Mean complete latency, ms.
+    pub complete_latency_ms: f64,
+}
+
+/// `GET /topologies/<name>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopologyInfo {
+    /// The summary row.
+    pub summary: TopologySummary,
+    /// Per component.
+    pub components: Vec<ComponentSummary>,
+    /// Per worker.
+    pub workers: Vec<WorkerSummary>,
+    /// Raw executor heartbeats.
+    pub executors: Vec<ExecutorHeartbeat>,
+    /// Recent errors.
+    pub errors: Vec<ErrorInfo>,
+    /// Topology configuration.
+    pub conf: Config,
+}
+
+/// `POST /topologies/<name>/kill`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct KillRequest {
+    /// Seconds to keep the spouts deactivated before the workers stop (default: the
+    /// topology's message timeout).
+    pub wait_secs: Option<u64>,
+}
+
+/// `POST /topologies/<name>/rebalance`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RebalanceCommand {
+    /// Seconds to wait (spouts deactivated) before re-assigning (default: message timeout).
+    pub wait_secs: Option<u64>,
+    /// What to change.
+    #[serde(flatten)]
+    pub request: RebalanceRequest,
+}
+
+/// A supervisor as `GET /cluster` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SupervisorSummary {
+    /// Registration.
+    pub info: SupervisorInfo,
+    /// Slots in use.
+    pub used_ports: Vec<u16>,
+}
+
+/// `GET /cluster`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterSummary {
+    /// Live supervisors.
+    pub supervisors: Vec<SupervisorSummary>,
+    /// Live Nimbus daemons.
+    pub nimbuses: Vec<NimbusSummary>,
+    /// Number of topologies.
+    pub topologies: usize,
+}
+
+/// The error body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What is wrong.
+    pub error: String,
+}
+
+/// Why an RPC failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// Nimbus could not be reached.
+    #[error("Nimbus unreachable at {addr}: {reason}")]
+    Unreachable {
+        /// Address tried.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// Nimbus answered with an error.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Nimbus's message.
+        message: String,
+    },
+    /// Nimbus's answer was not understood.
+    #[error("unexpected answer from Nimbus at {addr}: {reason}")]
+    Protocol {
+        /// Address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl RpcError {
+    /// The HTTP status for API errors.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            RpcError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A client of one Nimbus.
+#[derive(Clone)]
+pub struct NimbusClient {
+    addr: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    timeout: Duration,
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// SHA-256 of a file, hex.
+pub async fn sha256_file(path: &Path) -> Result<String, RpcError> {
+    let io = |source| RpcError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut f = tokio::fs::File::open(path).await.map_err(io)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl NimbusClient {
+    /// A client for Nimbus at `host:port`.
+    pub fn new(addr: &str) -> Self {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        NimbusClient {
+            addr: addr.to_owned(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Body) -> Result<Bytes, RpcError> {
+        let uri = format!("http://{}{PREFIX}{path}", self.addr);
+        let req = Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header("content-type", "application/json")
+            .body(body)
+            .map_err(|e| RpcError::Protocol {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let resp = tokio::time::timeout(self.timeout, self.client.request(req))
+            .await
+            .map_err(|_| RpcError::Unreachable {
+                addr: self.addr.clone(),
+                reason: format!("no answer within {:?}", self.timeout),
+            })?
+            .map_err(|e| RpcError::Unreachable {
+                addr: self.addr.clone(),
+                reason: match std::error::Error::source(&e) {
+                    Some(s) => s.to_string(),
+                    None => e.to_string(),
+                },
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| RpcError::Unreachable {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let message = serde_json::from_slice::<ApiError>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        Err(RpcError::Api {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, RpcError> {
+        let body = match body {
+            Some(b) => full(serde_json::to_vec(b).expect("requests serialize")),
+            None => full(Bytes::new()),
+        };
+        let bytes = self.send(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| RpcError::Protocol {
+            addr: self.addr.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Uploads a topology binary, streamed from disk; returns its SHA-256.
+    pub async fn upload_binary(&self, path: &Path) -> Result<String, RpcError> {
+        let sha = sha256_file(path).await?;
+        let file = tokio::fs::File::open(path).await.map_err(|source| RpcError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+            .map(|chunk| chunk.map(Frame::data));
+        let body = StreamBody::new(stream).boxed_unsync();
+        self.send(Method::PUT, &format!("/binaries/{sha}"), body)
+            .await?;
+        Ok(sha)
+    }
+
+    /// Downloads binary `sha` to `dest` (via a temporary file), checking its SHA-256.
+    pub async fn download_binary(&self, sha: &str, dest: &Path) -> Result<(), RpcError> {
+        let uri = format!("http://{}{PREFIX}/binaries/{sha}", self.addr);
+        let req = Request::get(&uri)
+            .body(full(Bytes::new()))
+            .expect("valid request");
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| RpcError::Unreachable {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?;
+        if resp.status() != StatusCode::OK {
+            return Err(RpcError::Api {
+                status: resp.status().as_u16(),
+                message: format!("binary {sha} is not available from Nimbus"),
+            });
+        }
+        let tmp = dest.with_extension("part");
+        let io = |source| RpcError::Io {
+            path: tmp.display().to_string(),
+            source,
+        };
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        let mut h = sha2::Sha256::new();
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| RpcError::Unreachable {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?;
+            if let Some(data) = frame.data_ref() {
+                h.update(data);
+                f.write_all(data).await.map_err(io)?;
+            }
+        }
+        f.flush().await.map_err(io)?;
+        drop(f);
+        let got = hex(&h.finalize());
+        if got != sha {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(RpcError::Protocol {
+                addr: self.addr.clone(),
+                reason: format!("downloaded binary has SHA-256 {got}, expected {sha}"),
+            });
+        }
+        tokio::fs::rename(&tmp, dest).await.map_err(|source| RpcError::Io {
+            path: dest.display().to_string(),
+            source,
+        })
+    }
+
+    /// Submits a topology.
+    pub async fn submit(&self, req: &SubmitRequest) -> Result<SubmitResponse, RpcError> {
+        self.json(Method::POST, "/topologies", Some(req)).await
+    }
+
+    /// Lists topologies.
+    pub async fn list(&self) -> Result<Vec<TopologySummary>, RpcError> {
+        self.json(Method::GET, "/topologies", None::<&()>).await
+    }
+
+    /// Details of one topology.
+    pub async fn info(&self, name: &str) -> Result<TopologyInfo, RpcError> {
+        self.json(Method::GET, &format!("/topologies/{}", encode(name)), None::<&()>)
+            .await
+    }
+
+    /// Kills a topology.
+    pub async fn kill(&self, name: &str, wait_secs: Option<u64>) -> Result<(), RpcError> {
+        let _: serde_json::Value = self
+            .json(
+                Method::POST,
+                &format!("/topologies/{}/kill", encode(name)),
+                Some(&KillRequest { wait_secs }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Activates a topology.
+    pub async fn activate(&self, name: &str) -> Result<(), RpcError> {
+        let _: serde_json::Value = self
+            .json(Method::POST, &format!("/topologies/{}/activate", encode(name)), None::<&()>)
+            .await?;
+        Ok(())
+    }
+
+    /// Deactivates a topology.
+    pub async fn deactivate(&self, name: &str) -> Result<(), RpcError> {
+        let _: serde_json::Value = self
+            .json(
+                Method::POST,
+                &format!("/topologies/{}/deactivate", encode(name)),
+                None::<&()>,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Rebalances a topology.
+    pub async fn rebalance(&self, name: &str, cmd: &RebalanceCommand) -> Result<(), RpcError> {
+        let _: serde_json::Value = self
+            .json(
+                Method::POST,
+                &format!("/topologies/{}/rebalance", encode(name)),
+                Some(cmd),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sends a worker heartbeat.
+    pub async fn heartbeat(&self, hb: &WorkerHeartbeat) -> Result<HeartbeatResponse, RpcError> {
+        self.json(Method::POST, "/heartbeats", Some(hb)).await
+    }
+
+    /// The cluster summary.
+    pub async fn cluster(&self) -> Result<ClusterSummary, RpcError> {
+        self.json(Method::GET, "/cluster", None::<&()>).await
+    }
+}
+
+/// Percent-encodes a topology name for a path segment.
+pub fn encode(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes a percent-encoded path segment.
+pub fn decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let h = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}

@@ -1,0 +1,335 @@
+//! Cluster state in ZooKeeper, under `storm.zookeeper.root` (default `/squall`):
+//!
+//! | path | holds |
+//! |---|---|
+//! | `/storms/<topology-id>` | [`StormBase`] |
+//! | `/assignments/<topology-id>` | [`Assignment`] |
+//! | `/supervisors/<supervisor-id>` | [`SupervisorInfo`], ephemeral |
+//! | `/nimbuses/<host:port>` | [`NimbusSummary`], ephemeral |
+//! | `/errors/<topology-id>/<component>/e<seq>` | [`ErrorInfo`], the last 10 per component |
+//!
+//! Values are JSON. Worker heartbeats do not go through ZooKeeper (Storm 2's lesson):
+//! workers report to their supervisor (a local file) and to Nimbus (RPC).
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use zookeeper_client as zk;
+
+use crate::state::{Assignment, ErrorInfo, NimbusSummary, StormBase, SupervisorInfo};
+
+/// Errors kept per component, as in Storm.
+pub const ERRORS_PER_COMPONENT: usize = 10;
+
+/// A ZooKeeper operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The server said no, or could not be reached.
+    #[error("ZooKeeper {op} {path}: {source}")]
+    Zk {
+        /// What was attempted.
+        op: &'static str,
+        /// The node.
+        path: String,
+        /// The client's error.
+        source: zk::Error,
+    },
+    /// Could not connect.
+    #[error("cannot connect to ZooKeeper at {servers}: {source}")]
+    Connect {
+        /// The connect string.
+        servers: String,
+        /// The client's error.
+        source: zk::Error,
+    },
+    /// A node held something that is not the expected JSON.
+    #[error("ZooKeeper node {path} holds invalid data: {source}")]
+    Decode {
+        /// The node.
+        path: String,
+        /// The decoding error.
+        source: serde_json::Error,
+    },
+}
+
+/// Result alias for this module.
+pub type Result<T> = std::result::Result<T, StateError>;
+
+/// A session with the cluster's ZooKeeper, rooted at `storm.zookeeper.root`.
+#[derive(Clone)]
+pub struct ClusterState {
+    client: zk::Client,
+    root: String,
+}
+
+fn persistent() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+}
+
+impl ClusterState {
+    /// Connects and creates the layout's directories when missing.
+    pub async fn connect(servers: &str, root: &str, session_timeout: Duration) -> Result<Self> {
+        let client = zk::Client::connector()
+            .with_session_timeout(session_timeout)
+            .connect(servers)
+            .await
+            .map_err(|source| StateError::Connect {
+                servers: servers.to_owned(),
+                source,
+            })?;
+        let root = format!("/{}", root.trim_matches('/'));
+        let state = ClusterState { client, root };
+        for dir in ["storms", "assignments", "supervisors", "nimbuses", "errors"] {
+            let path = state.path(dir);
+            state
+                .client
+                .mkdir(&path, &persistent())
+                .await
+                .map_err(|source| StateError::Zk {
+                    op: "mkdir",
+                    path,
+                    source,
+                })?;
+        }
+        Ok(state)
+    }
+
+    /// The underlying client (for watches).
+    pub fn client(&self) -> &zk::Client {
+        &self.client
+    }
+
+    /// The absolute path of `rel` under the root.
+    pub fn path(&self, rel: &str) -> String {
+        format!("{}/{}", self.root, rel.trim_start_matches('/'))
+    }
+
+    /// Whether the session is still usable.
+    pub fn is_alive(&self) -> bool {
+        !self.client.state().is_terminated()
+    }
+
+    fn zk_err<'p>(op: &'static str, path: &'p str) -> impl FnOnce(zk::Error) -> StateError + 'p {
+        move |source| StateError::Zk {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        match self.client.get_data(path).await {
+            Ok((data, _)) => serde_json::from_slice(&data)
+                .map(Some)
+                .map_err(|source| StateError::Decode {
+                    path: path.to_owned(),
+                    source,
+                }),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(e) => Err(Self::zk_err("get", path)(e)),
+        }
+    }
+
+    async fn put<T: Serialize>(&self, path: &str, value: &T) -> Result<()> {
+        let data = serde_json::to_vec(value).expect("cluster state serializes");
+        match self.client.set_data(path, &data, None).await {
+            Ok(_) => Ok(()),
+            Err(zk::Error::NoNode) => match self.client.create(path, &data, &persistent()).await {
+                Ok(_) => Ok(()),
+                // Lost a race with another writer: overwrite.
+                Err(zk::Error::NodeExists) => self
+                    .client
+                    .set_data(path, &data, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(Self::zk_err("set", path)),
+                Err(e) => Err(Self::zk_err("create", path)(e)),
+            },
+            Err(e) => Err(Self::zk_err("set", path)(e)),
+        }
+    }
+
+    async fn children(&self, path: &str) -> Result<Vec<String>> {
+        match self.client.list_children(path).await {
+            Ok(mut c) => {
+                c.sort();
+                Ok(c)
+            }
+            Err(zk::Error::NoNode) => Ok(Vec::new()),
+            Err(e) => Err(Self::zk_err("list", path)(e)),
+        }
+    }
+
+    async fn all<T: DeserializeOwned>(&self, dir: &str) -> Result<Vec<T>> {
+        let dir = self.path(dir);
+        let mut out = Vec::new();
+        for child in self.children(&dir).await? {
+            if let Some(v) = self.get(&format!("{dir}/{child}")).await? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes `path` and everything below it; absent is fine.
+    pub async fn remove_recursive(&self, path: &str) -> Result<()> {
+        let mut stack = vec![(path.to_owned(), false)];
+        while let Some((p, expanded)) = stack.pop() {
+            if !expanded {
+                stack.push((p.clone(), true));
+                for c in self.children(&p).await? {
+                    stack.push((format!("{p}/{c}"), false));
+                }
+            } else {
+                match self.client.delete(&p, None).await {
+                    Ok(()) | Err(zk::Error::NoNode) => {}
+                    Err(e) => return Err(Self::zk_err("delete", &p)(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a topology base.
+    pub async fn set_storm(&self, base: &StormBase) -> Result<()> {
+        self.put(&self.path(&format!("storms/{}", base.topology_id)), base)
+            .await
+    }
+
+    /// A topology base.
+    pub async fn storm(&self, topology_id: &str) -> Result<Option<StormBase>> {
+        self.get(&self.path(&format!("storms/{topology_id}"))).await
+    }
+
+    /// Every topology base.
+    pub async fn storms(&self) -> Result<Vec<StormBase>> {
+        self.all("storms").await
+    }
+
+    /// Removes a topology base.
+    pub async fn remove_storm(&self, topology_id: &str) -> Result<()> {
+        self.remove_recursive(&self.path(&format!("storms/{topology_id}")))
+            .await
+    }
+
+    /// Stores an assignment.
+    pub async fn set_assignment(&self, a: &Assignment) -> Result<()> {
+        self.put(&self.path(&format!("assignments/{}", a.topology_id)), a)
+            .await
+    }
+
+    /// An assignment.
+    pub async fn assignment(&self, topology_id: &str) -> Result<Option<Assignment>> {
+        self.get(&self.path(&format!("assignments/{topology_id}")))
+            .await
+    }
+
+    /// Every assignment.
+    pub async fn assignments(&self) -> Result<Vec<Assignment>> {
+        self.all("assignments").await
+    }
+
+    /// Removes an assignment (its workers are then stopped by their supervisors).
+    pub async fn remove_assignment(&self, topology_id: &str) -> Result<()> {
+        self.remove_recursive(&self.path(&format!("assignments/{topology_id}")))
+            .await
+    }
+
+    async fn register_ephemeral<T: Serialize>(&self, path: &str, value: &T) -> Result<()> {
+        let data = serde_json::to_vec(value).expect("cluster state serializes");
+        let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+        loop {
+            match self.client.create(path, &data, &ephemeral).await {
+                Ok(_) => return Ok(()),
+                // Left by an earlier session of the same daemon (a fast restart).
+                Err(zk::Error::NodeExists) => match self.client.delete(path, None).await {
+                    Ok(()) | Err(zk::Error::NoNode) => continue,
+                    Err(e) => return Err(Self::zk_err("delete", path)(e)),
+                },
+                Err(e) => return Err(Self::zk_err("create", path)(e)),
+            }
+        }
+    }
+
+    /// Registers this supervisor (ephemeral: gone when the session ends).
+    pub async fn register_supervisor(&self, info: &SupervisorInfo) -> Result<()> {
+        self.register_ephemeral(&self.path(&format!("supervisors/{}", info.id)), info)
+            .await
+    }
+
+    /// The live supervisors.
+    pub async fn supervisors(&self) -> Result<Vec<SupervisorInfo>> {
+        self.all("supervisors").await
+    }
+
+    /// Registers this Nimbus (ephemeral).
+    pub async fn register_nimbus(&self, n: &NimbusSummary) -> Result<()> {
+        self.register_ephemeral(&self.path(&format!("nimbuses/{}:{}", n.host, n.port)), n)
+            .await
+    }
+
+    /// The live Nimbus daemons.
+    pub async fn nimbuses(&self) -> Result<Vec<NimbusSummary>> {
+        self.all("nimbuses").await
+    }
+
+    /// Records an error, keeping the last [`ERRORS_PER_COMPONENT`] per component.
+    pub async fn add_error(&self, topology_id: &str, e: &ErrorInfo) -> Result<()> {
+        let component = e.component.replace('/', "_");
+        let dir = self.path(&format!("errors/{topology_id}/{component}"));
+        self.client
+            .mkdir(&dir, &persistent())
+            .await
+            .map_err(Self::zk_err("mkdir", &dir))?;
+        let data = serde_json::to_vec(e).expect("errors serialize");
+        let seq = zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
+        let node = format!("{dir}/e");
+        self.client
+            .create(&node, &data, &seq)
+            .await
+            .map_err(Self::zk_err("create", &node))?;
+        let children = self.children(&dir).await?;
+        if children.len() > ERRORS_PER_COMPONENT {
+            for old in &children[..children.len() - ERRORS_PER_COMPONENT] {
+                let _ = self.client.delete(&format!("{dir}/{old}"), None).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The kept errors of a topology, oldest first per component.
+    pub async fn errors(&self, topology_id: &str) -> Result<Vec<ErrorInfo>> {
+        let dir = self.path(&format!("errors/{topology_id}"));
+        let mut out = Vec::new();
+        for component in self.children(&dir).await? {
+            let cdir = format!("{dir}/{component}");
+            for e in self.children(&cdir).await? {
+                if let Some(v) = self.get(&format!("{cdir}/{e}")).await? {
+                    out.push(v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a topology's errors.
+    pub async fn remove_errors(&self, topology_id: &str) -> Result<()> {
+        self.remove_recursive(&self.path(&format!("errors/{topology_id}")))
+            .await
+    }
+
+    /// Whether any node exists for this topology id (storms, assignments, errors).
+    pub async fn topology_nodes(&self, topology_id: &str) -> Result<Vec<String>> {
+        let mut present = Vec::new();
+        for dir in ["storms", "assignments", "errors"] {
+            let p = self.path(&format!("{dir}/{topology_id}"));
+            match self.client.check_stat(&p).await {
+                Ok(Some(_)) => present.push(p),
+                Ok(None) => {}
+                Err(e) => return Err(Self::zk_err("stat", &p)(e)),
+            }
+        }
+        Ok(present)
+    }
+}
