@@ -362,10 +362,12 @@ impl NimbusClient {
     /// Uploads a topology binary, streamed from disk; returns its SHA-256.
     pub async fn upload_binary(&self, path: &Path) -> Result<String, RpcError> {
         let sha = sha256_file(path).await?;
-        let file = tokio::fs::File::open(path).await.map_err(|source| RpcError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| RpcError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
         let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
             .map(|chunk| chunk.map(Frame::data));
         let body = StreamBody::new(stream).boxed_unsync();
@@ -422,10 +424,12 @@ impl NimbusClient {
                 reason: format!("downloaded binary has SHA-256 {got}, expected {sha}"),
             });
         }
-        tokio::fs::rename(&tmp, dest).await.map_err(|source| RpcError::Io {
-            path: dest.display().to_string(),
-            source,
-        })
+        tokio::fs::rename(&tmp, dest)
+            .await
+            .map_err(|source| RpcError::Io {
+                path: dest.display().to_string(),
+                source,
+            })
     }
 
     /// Submits a topology.
@@ -440,8 +444,12 @@ impl NimbusClient {
 
     /// Details of one topology.
     pub async fn info(&self, name: &str) -> Result<TopologyInfo, RpcError> {
-        self.json(Method::GET, &format!("/topologies/{}", encode(name)), None::<&()>)
-            .await
+        self.json(
+            Method::GET,
+            &format!("/topologies/{}", encode(name)),
+            None::<&()>,
+        )
+        .await
     }
 
     /// Kills a topology.
@@ -459,7 +467,11 @@ impl NimbusClient {
     /// Activates a topology.
     pub async fn activate(&self, name: &str) -> Result<(), RpcError> {
         let _: serde_json::Value = self
-            .json(Method::POST, &format!("/topologies/{}/activate", encode(name)), None::<&()>)
+            .json(
+                Method::POST,
+                &format!("/topologies/{}/activate", encode(name)),
+                None::<&()>,
+            )
             .await?;
         Ok(())
     }

@@ -89,14 +89,22 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     fn execs(n: u32) -> Vec<ExecutorSpec> {
-        (1..=n).map(|t| (format!("c{}", t % 3), TaskId(t), TaskId(t))).collect()
+        (1..=n)
+            .map(|t| (format!("c{}", t % 3), TaskId(t), TaskId(t)))
+            .collect()
     }
 
     #[test]
     fn two_workers_land_on_two_supervisors() {
         let free = vec![
-            FreeSlots { node: "a".into(), ports: vec![6700, 6701] },
-            FreeSlots { node: "b".into(), ports: vec![6700, 6701] },
+            FreeSlots {
+                node: "a".into(),
+                ports: vec![6700, 6701],
+            },
+            FreeSlots {
+                node: "b".into(),
+                ports: vec![6700, 6701],
+            },
         ];
         let placed = schedule(&execs(5), 2, &free).unwrap();
         let nodes: BTreeSet<&str> = placed.iter().map(|e| e.slot.node.as_str()).collect();
@@ -106,7 +114,14 @@ mod tests {
     #[test]
     fn no_slots_is_an_error() {
         assert_eq!(
-            schedule(&execs(2), 1, &[FreeSlots { node: "a".into(), ports: vec![] }]),
+            schedule(
+                &execs(2),
+                1,
+                &[FreeSlots {
+                    node: "a".into(),
+                    ports: vec![]
+                }]
+            ),
             Err(ScheduleError::NoFreeSlots)
         );
     }

@@ -120,12 +120,14 @@ impl ClusterState {
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
         match self.client.get_data(path).await {
-            Ok((data, _)) => serde_json::from_slice(&data)
-                .map(Some)
-                .map_err(|source| StateError::Decode {
-                    path: path.to_owned(),
-                    source,
-                }),
+            Ok((data, _)) => {
+                serde_json::from_slice(&data)
+                    .map(Some)
+                    .map_err(|source| StateError::Decode {
+                        path: path.to_owned(),
+                        source,
+                    })
+            }
             Err(zk::Error::NoNode) => Ok(None),
             Err(e) => Err(Self::zk_err("get", path)(e)),
         }

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 /// A task: one instance of a spout or bolt. Task ids are small integers, unique within a
 /// topology and contiguous per component, starting at 1 (as in Storm).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct TaskId(pub u32);
 
