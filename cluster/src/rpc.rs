@@ -315,10 +315,7 @@ impl NimbusClient {
             })?
             .map_err(|e| RpcError::Unreachable {
                 addr: self.addr.clone(),
-                reason: match std::error::Error::source(&e) {
-                    Some(s) => s.to_string(),
-                    None => e.to_string(),
-                },
+                reason: error_chain(&e),
             })?;
         let status = resp.status();
         let bytes = resp
@@ -388,7 +385,7 @@ impl NimbusClient {
             .await
             .map_err(|e| RpcError::Unreachable {
                 addr: self.addr.clone(),
-                reason: e.to_string(),
+                reason: error_chain(&e),
             })?;
         if resp.status() != StatusCode::OK {
             return Err(RpcError::Api {
@@ -509,6 +506,21 @@ impl NimbusClient {
     pub async fn cluster(&self) -> Result<ClusterSummary, RpcError> {
         self.json(Method::GET, "/cluster", None::<&()>).await
     }
+}
+
+/// An error with its causes, innermost last: `tcp connect error: Connection refused`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 /// Percent-encodes a topology name for a path segment.

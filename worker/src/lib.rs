@@ -6,6 +6,10 @@
 //!   outgoing messages per receiving executor ([`transfer`]) and hand over whole
 //!   batches; a full bounded queue blocks the producer (backpressure).
 //! - [`routing`]: groupings evaluated at the emitting side.
+//! - [`transport`]: the worker-to-worker data plane, batches of envelopes as
+//!   MessagePack frames over TCP; a remote worker is one more destination of
+//!   [`transfer`].
+//! - [`cluster_worker`]: worker mode, as started by a supervisor.
 //! - [`acker`]: Storm's XOR acker, a pure state machine run by acker executors.
 //! - [`local`]: [`LocalCluster`], whole topologies in one process.
 //! - [`submitter`]: the entry point a topology binary calls, deciding between local
@@ -13,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod acker;
+pub mod cluster_worker;
 mod emitter;
 mod executor;
 pub mod local;
@@ -23,9 +28,10 @@ pub mod runtime;
 pub mod stats;
 pub mod submitter;
 pub mod transfer;
+pub mod transport;
 
 pub use local::LocalCluster;
-pub use runtime::{ComponentStats, LatencySummary, TopologyRuntime, TopologyStats};
+pub use runtime::{ComponentStats, LatencySummary, RuntimePlan, TopologyRuntime, TopologyStats};
 pub use stats::ReportedError;
 pub use submitter::StormSubmitter;
 

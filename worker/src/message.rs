@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use squall_api::{Anchors, TaskId, Values};
 
 /// One message to one task.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     /// The receiving task.
     pub task: TaskId,
@@ -14,7 +14,7 @@ pub struct Envelope {
 
 /// A message to a task. Tuples carry their stream as an index into the topology's stream
 /// table (the same in every process), so no names travel per tuple.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Msg {
     /// A tuple.
     Tuple {

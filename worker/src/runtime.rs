@@ -30,10 +30,22 @@ struct ExecutorHandle {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Which executors run here and where the others' tuples go.
+pub struct RuntimePlan {
+    /// Local executors: component, kind, first and last task.
+    pub local: Vec<(ComponentId, ComponentKind, TaskId, TaskId)>,
+    /// Per remote worker: its tasks and the queue its connection drains.
+    pub remote: Vec<(Vec<TaskId>, Sender<Packet>)>,
+    /// This worker's port (cluster mode).
+    pub worker_port: Option<u16>,
+}
+
 /// The executors of one topology running in this process.
 pub struct TopologyRuntime {
     topology_id: String,
     layout: Arc<TaskLayout>,
+    local_dest: Vec<Option<usize>>,
+    local_senders: Vec<Sender<Packet>>,
     executors: Vec<ExecutorHandle>,
     shutdown: Arc<AtomicBool>,
     errors: Arc<ErrorLog>,
@@ -95,14 +107,41 @@ impl TopologyStats {
 }
 
 impl TopologyRuntime {
-    /// Starts the executors of `layout` in `executors` (all of them when `None`). Every
-    /// component instance is created from `topology` on this thread; `open`/`prepare`
-    /// run on the executor threads.
+    /// Starts every executor of `layout` in this process (local mode).
     pub fn start(
         topology_id: &str,
         topology: &Topology,
         conf: &Config,
         layout: Arc<TaskLayout>,
+        active: bool,
+    ) -> Result<Self, WorkerError> {
+        let local = layout
+            .components()
+            .iter()
+            .flat_map(|(id, c)| {
+                c.executors
+                    .iter()
+                    .map(move |&(a, b)| (id.clone(), c.kind, a, b))
+            })
+            .collect();
+        let plan = RuntimePlan {
+            local,
+            remote: Vec::new(),
+            worker_port: None,
+        };
+        Self::start_plan(topology_id, topology, conf, layout, plan, active)
+    }
+
+    /// Starts the executors `plan.local`; tuples for the tasks of `plan.remote` go to
+    /// those queues (each drained by a connection to another worker). Every component
+    /// instance is created from `topology` on this thread; `open`/`prepare` run on the
+    /// executor threads.
+    pub fn start_plan(
+        topology_id: &str,
+        topology: &Topology,
+        conf: &Config,
+        layout: Arc<TaskLayout>,
+        plan: RuntimePlan,
         active: bool,
     ) -> Result<Self, WorkerError> {
         conf.validate()?;
@@ -116,17 +155,10 @@ impl TopologyRuntime {
             None
         };
 
-        // One queue per executor; spouts get unbounded queues so that an acker is never
-        // blocked by a spout (acker → spout traffic is bounded by the pending trees).
-        let all: Vec<(ComponentId, ComponentKind, TaskId, TaskId)> = layout
-            .components()
-            .iter()
-            .flat_map(|(id, c)| {
-                c.executors
-                    .iter()
-                    .map(move |&(a, b)| (id.clone(), c.kind, a, b))
-            })
-            .collect();
+        // One queue per local executor; spouts get unbounded queues so that an acker is
+        // never blocked by a spout (acker → spout traffic is bounded by the pending
+        // trees). Remote workers are further destinations after the local ones.
+        let all = plan.local;
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
         let mut dest_of_task = vec![None; layout.max_task().0 as usize + 1];
@@ -141,7 +173,21 @@ impl TopologyRuntime {
                 dest_of_task[t as usize] = Some(i);
             }
         }
-        let local_tasks: Vec<TaskId> = (1..=layout.max_task().0).map(TaskId).collect();
+        let local_dest = dest_of_task.clone();
+        let local_senders = senders.clone();
+        for (tasks, tx) in plan.remote {
+            let d = senders.len();
+            senders.push(tx);
+            for t in tasks {
+                if let Some(slot) = dest_of_task.get_mut(t.0 as usize) {
+                    *slot = Some(d);
+                }
+            }
+        }
+        let local_tasks: Vec<TaskId> = all
+            .iter()
+            .flat_map(|(_, _, a, b)| (a.0..=b.0).map(TaskId))
+            .collect();
         let worker_tasks: Arc<[TaskId]> = local_tasks.clone().into();
         let topology_id_arc: Arc<str> = topology_id.into();
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -191,7 +237,7 @@ impl TopologyRuntime {
                         layout.clone(),
                         TaskId(t),
                         worker_tasks.clone(),
-                        None,
+                        plan.worker_port,
                     )
                 })
                 .collect();
@@ -241,7 +287,7 @@ impl TopologyRuntime {
                 component,
                 kind,
                 tasks: (first, last),
-                tx: senders[executors.len()].clone(),
+                tx: local_senders[executors.len()].clone(),
                 stats,
                 thread: Some(thread),
             });
@@ -249,6 +295,8 @@ impl TopologyRuntime {
         Ok(TopologyRuntime {
             topology_id: topology_id.to_owned(),
             layout,
+            local_dest,
+            local_senders,
             executors,
             shutdown,
             errors,
@@ -264,6 +312,54 @@ impl TopologyRuntime {
     /// The task layout.
     pub fn layout(&self) -> &TaskLayout {
         &self.layout
+    }
+
+    /// The local executors' queues and which queue each local task uses (for the
+    /// transport that delivers tuples from other workers).
+    pub fn local_queues(&self) -> (Vec<Sender<Packet>>, Vec<Option<usize>>) {
+        (self.local_senders.clone(), self.local_dest.clone())
+    }
+
+    /// Counters per local executor: component, first task, last task, counters.
+    pub fn executor_stats(&self) -> Vec<(ComponentId, TaskId, TaskId, ComponentStats)> {
+        self.executors
+            .iter()
+            .map(|e| {
+                let s = &e.stats;
+                let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                let samples = load(&s.execute_samples);
+                let latency = if e.kind == ComponentKind::Spout {
+                    let h = s
+                        .complete_latency_us
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    Some(summarize(&h))
+                } else {
+                    None
+                };
+                (
+                    e.component.clone(),
+                    e.tasks.0,
+                    e.tasks.1,
+                    ComponentStats {
+                        executors: 1,
+                        tasks: (e.tasks.1 .0 - e.tasks.0 .0 + 1) as usize,
+                        emitted: load(&s.emitted),
+                        transferred: load(&s.transferred),
+                        acked: load(&s.acked),
+                        failed: load(&s.failed),
+                        timed_out: load(&s.timed_out),
+                        executed: load(&s.executed),
+                        execute_latency_ms: if samples > 0 {
+                            load(&s.execute_ns) as f64 / samples as f64 / 1e6
+                        } else {
+                            0.0
+                        },
+                        complete_latency_ms: latency,
+                    },
+                )
+            })
+            .collect()
     }
 
     fn to_spouts(&self, packet: fn() -> Packet) {

@@ -1,17 +1,33 @@
 //! The entry point of a topology binary.
 //!
-//! A topology is a binary whose `main` builds the topology and hands it to Squall.
-//! Run directly, the binary runs the topology in local mode. `squall jar ./binary args`
-//! runs the same binary with the launch environment set, and the same call submits the
-//! binary to Nimbus; supervisors later start the binary as a worker, and again the same
-//! call runs the worker's executors. So the same code builds the topology everywhere.
+//! A topology is a binary whose `main` builds the topology and hands it to
+//! [`StormSubmitter::submit_topology`]. What that call does depends on how the binary
+//! was started ([`LAUNCH_ENV`]):
+//!
+//! | started by | `SQUALL_LAUNCH` | the call |
+//! |---|---|---|
+//! | a user, directly | unset | refuses with an explanation (run without a name for local mode) |
+//! | `squall jar <binary> args` | `submit` | uploads this binary to Nimbus and submits the topology |
+//! | `squall local <binary> args` | `local` | runs it in a [`LocalCluster`] for `--local-ttl` seconds |
+//! | a supervisor | `worker` | runs this worker's executors until Nimbus unassigns it |
+//!
+//! So the same `main` builds the topology everywhere.
+
+use std::time::Duration;
 
 use squall_api::{Config, Topology};
+use squall_cluster::rpc::{NimbusClient, SubmitRequest};
 
-use crate::WorkerError;
+use crate::{LocalCluster, WorkerError};
 
-/// Set by `squall jar` (value `submit`) and by supervisors (value `worker`).
+/// Set by `squall jar` (`submit`), `squall local` (`local`) and supervisors (`worker`).
 pub const LAUNCH_ENV: &str = "SQUALL_LAUNCH";
+/// Nimbus addresses (`host:port`, comma-separated), set by `squall jar`.
+pub const NIMBUS_ENV: &str = "SQUALL_NIMBUS";
+/// Configuration overrides (JSON object of dotted keys), set by `squall jar`/`local`.
+pub const CONF_ENV: &str = "SQUALL_CONF";
+/// Seconds to run in local mode, set by `squall local --local-ttl`.
+pub const LOCAL_TTL_ENV: &str = "SQUALL_LOCAL_TTL";
 
 /// How this process was started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +36,8 @@ pub enum LaunchMode {
     Direct,
     /// Run by `squall jar`: submit to Nimbus.
     Submit,
+    /// Run by `squall local`: run in local mode.
+    Local,
     /// Started by a supervisor: run assigned executors.
     Worker,
 }
@@ -28,6 +46,7 @@ pub enum LaunchMode {
 pub fn launch_mode() -> LaunchMode {
     match std::env::var(LAUNCH_ENV).as_deref() {
         Ok("submit") => LaunchMode::Submit,
+        Ok("local") => LaunchMode::Local,
         Ok("worker") => LaunchMode::Worker,
         _ => LaunchMode::Direct,
     }
@@ -36,15 +55,25 @@ pub fn launch_mode() -> LaunchMode {
 /// Submits topologies to a cluster (Storm's `StormSubmitter`).
 pub struct StormSubmitter;
 
+fn overrides() -> Result<Config, WorkerError> {
+    match std::env::var(CONF_ENV) {
+        Ok(json) if !json.is_empty() => serde_json::from_str(&json)
+            .map_err(|e| WorkerError::NotLaunched(format!("invalid {CONF_ENV}: {e}"))),
+        _ => Ok(Config::new()),
+    }
+}
+
 impl StormSubmitter {
-    /// Submits `topology` as `name`. Only works in a binary started by `squall jar`;
-    /// a binary run directly gets a clear error saying so.
+    /// Submits `topology` as `name` (see the module docs for what happens in each
+    /// launch mode). In worker mode this call runs the worker and returns when it stops.
     pub fn submit_topology(
         name: &str,
         conf: &Config,
         topology: &Topology,
     ) -> Result<(), WorkerError> {
         crate::local::validate_topology_name(name)?;
+        let mut conf = conf.clone();
+        conf.merge(&overrides()?);
         conf.validate()?;
         topology.spec().validate()?;
         match launch_mode() {
@@ -52,9 +81,79 @@ impl StormSubmitter {
                 "cannot submit topology '{name}': this binary was not started by `squall jar`. \
                  Run `squall jar <binary> {name}` to submit it, or run it without arguments for local mode"
             ))),
-            LaunchMode::Submit | LaunchMode::Worker => Err(WorkerError::NotLaunched(format!(
-                "cannot submit topology '{name}': cluster mode is not available in this build"
-            ))),
+            LaunchMode::Submit => submit_remote(name, &conf, topology),
+            LaunchMode::Local => run_local(name, &conf, topology),
+            LaunchMode::Worker => {
+                let launch = crate::cluster_worker::read_launch()?;
+                crate::cluster_worker::run(topology, launch)
+            }
         }
     }
+}
+
+fn submit_remote(name: &str, conf: &Config, topology: &Topology) -> Result<(), WorkerError> {
+    let nimbus: Vec<String> = std::env::var(NIMBUS_ENV)
+        .unwrap_or_else(|_| "localhost:6627".to_owned())
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let exe = std::env::current_exe()
+        .map_err(|e| WorkerError::NotLaunched(format!("cannot find this binary: {e}")))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| WorkerError::NotLaunched(format!("cannot start a runtime: {e}")))?;
+    let request = |sha: String| SubmitRequest {
+        name: name.to_owned(),
+        spec: topology.spec().clone(),
+        conf: conf.clone(),
+        binary_sha256: sha,
+        args: std::env::args().skip(1).collect(),
+        owner: std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned()),
+    };
+    let mut last = None;
+    for addr in &nimbus {
+        let client = NimbusClient::new(addr);
+        let result = rt.block_on(async {
+            let sha = client.upload_binary(&exe).await?;
+            client.submit(&request(sha)).await
+        });
+        match result {
+            Ok(r) => {
+                println!("Submitted topology '{name}' as {}", r.topology_id);
+                return Ok(());
+            }
+            Err(e @ squall_cluster::rpc::RpcError::Unreachable { .. }) => last = Some(e),
+            Err(e) => {
+                return Err(WorkerError::NotLaunched(format!(
+                    "Nimbus refused topology '{name}': {e}"
+                )))
+            }
+        }
+    }
+    Err(WorkerError::NotLaunched(match last {
+        Some(e) => e.to_string(),
+        None => format!("no Nimbus address in {NIMBUS_ENV}"),
+    }))
+}
+
+fn run_local(name: &str, conf: &Config, topology: &Topology) -> Result<(), WorkerError> {
+    let ttl = std::env::var(LOCAL_TTL_ENV)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(20.0);
+    let cluster = LocalCluster::new();
+    cluster.submit_topology(name, conf, topology)?;
+    println!("Running topology '{name}' in local mode for {ttl} s");
+    std::thread::sleep(Duration::from_secs_f64(ttl.max(0.0)));
+    let stats = cluster.kill_topology(name)?;
+    for (component, s) in &stats.components {
+        println!(
+            "  {component:<12} emitted {:>10} acked {:>10} failed {:>6} executed {:>10}",
+            s.emitted, s.acked, s.failed, s.executed
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,365 @@
+//! `squall`: the command line, in the shape of Storm's `bin/storm`.
+//!
+//! The binary only parses arguments and dispatches: daemons live in their crates
+//! (`squall-nimbus`, `squall-supervisor`), submission in the topology binary itself.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand};
+use squall_api::Config;
+use squall_cluster::config::{self, ClusterConfig};
+use squall_cluster::rpc::{NimbusClient, RebalanceCommand, RpcError};
+use squall_cluster::state::RebalanceRequest;
+use squall_worker::submitter::{CONF_ENV, LAUNCH_ENV, LOCAL_TTL_ENV, NIMBUS_ENV};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "squall",
+    version,
+    about = "Squall: Apache Storm's model of realtime computation, in Rust",
+    after_help = "Config: --config FILE (Storm's storm.yaml keys; default ~/.squall/storm.yaml when present), then -c key=value overrides."
+)]
+struct Cli {
+    /// Override a config value; repeatable (`-c topology.workers=2`).
+    #[arg(short = 'c', value_name = "KEY=VALUE", global = true)]
+    conf: Vec<String>,
+    /// A YAML config file with Storm's dotted keys.
+    #[arg(long = "config", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a topology binary so that it submits itself to Nimbus.
+    Jar {
+        /// The topology binary.
+        binary: PathBuf,
+        /// Its arguments (Storm's examples take the topology name first).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run a topology binary in local mode.
+    Local {
+        /// Seconds to run before killing the topology.
+        #[arg(long = "local-ttl", default_value_t = 20.0)]
+        local_ttl: f64,
+        /// The topology binary.
+        binary: PathBuf,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// List the running topologies.
+    List,
+    /// Kill a topology: spouts are deactivated for the wait, then the workers stop.
+    Kill {
+        /// Topology name.
+        name: String,
+        /// Seconds to wait (default: the topology's message timeout).
+        #[arg(short = 'w', long = "wait")]
+        wait: Option<u64>,
+    },
+    /// Resume a topology's spouts.
+    Activate {
+        /// Topology name.
+        name: String,
+    },
+    /// Pause a topology's spouts.
+    Deactivate {
+        /// Topology name.
+        name: String,
+    },
+    /// Re-spread a topology, optionally with another number of workers or executors.
+    Rebalance {
+        /// Topology name.
+        name: String,
+        /// Seconds to wait with spouts paused first (default: the message timeout).
+        #[arg(short = 'w', long = "wait")]
+        wait: Option<u64>,
+        /// New number of workers.
+        #[arg(short = 'n', long = "num-workers")]
+        num_workers: Option<u32>,
+        /// New parallelism of a component: `-e component=n`; repeatable.
+        #[arg(short = 'e', long = "executors", value_name = "COMPONENT=N")]
+        executors: Vec<String>,
+    },
+    /// Run Nimbus, the master daemon.
+    Nimbus,
+    /// Run a supervisor on this machine.
+    Supervisor,
+    /// Run a development ZooKeeper (data in dev.zookeeper.path, port storm.zookeeper.port).
+    DevZookeeper,
+    /// Print the version.
+    Version,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let default = std::env::var_os("HOME")
+        .map(|h| Path::new(&h).join(".squall/storm.yaml"))
+        .filter(|p| p.is_file());
+    let file = cli.config.clone().or(default);
+    Ok(config::load(file.as_deref(), &cli.conf)?)
+}
+
+fn overrides_json(cli: &Cli) -> anyhow::Result<String> {
+    let mut c = Config::new();
+    for arg in &cli.conf {
+        let (k, v) = config::parse_override(arg)?;
+        c.set(k, v);
+    }
+    Ok(serde_json::to_string(&c)?)
+}
+
+fn nimbus_addrs(conf: &Config) -> anyhow::Result<Vec<String>> {
+    let port = conf.nimbus_port()?;
+    Ok(conf
+        .nimbus_seeds()?
+        .into_iter()
+        .map(|h| format!("{h}:{port}"))
+        .collect())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Runs `f` against the first Nimbus that answers.
+fn with_nimbus<T>(
+    conf: &Config,
+    f: impl AsyncFn(&NimbusClient) -> Result<T, RpcError>,
+) -> anyhow::Result<T> {
+    let rt = runtime()?;
+    let mut last = None;
+    for addr in nimbus_addrs(conf)? {
+        let client = NimbusClient::new(&addr);
+        match rt.block_on(f(&client)) {
+            Ok(v) => return Ok(v),
+            Err(e @ RpcError::Unreachable { .. }) => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.map_or_else(
+        || anyhow!("no Nimbus configured in nimbus.seeds"),
+        Into::into,
+    ))
+}
+
+fn run_binary(binary: &Path, args: &[String], envs: &[(&str, String)]) -> anyhow::Result<ExitCode> {
+    if !binary.is_file() {
+        bail!("topology binary {} does not exist", binary.display());
+    }
+    let status = std::process::Command::new(binary)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .status()
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    Ok(ExitCode::from(
+        status.code().unwrap_or(1).clamp(0, 255) as u8
+    ))
+}
+
+fn init_logging(default: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs a daemon until Ctrl-C or SIGTERM.
+fn run_daemon<F, Fut, E>(conf: Config, start: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(Config, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let rt = runtime()?;
+    rt.block_on(async {
+        let token = CancellationToken::new();
+        let t = token.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            t.cancel();
+        });
+        start(conf, token).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let conf = load_config(&cli)?;
+    match &cli.cmd {
+        Cmd::Jar { binary, args } => {
+            let nimbus = nimbus_addrs(&conf)?.join(",");
+            run_binary(
+                binary,
+                args,
+                &[
+                    (LAUNCH_ENV, "submit".into()),
+                    (NIMBUS_ENV, nimbus),
+                    (CONF_ENV, overrides_json(&cli)?),
+                ],
+            )
+        }
+        Cmd::Local {
+            local_ttl,
+            binary,
+            args,
+        } => run_binary(
+            binary,
+            args,
+            &[
+                (LAUNCH_ENV, "local".into()),
+                (LOCAL_TTL_ENV, local_ttl.to_string()),
+                (CONF_ENV, overrides_json(&cli)?),
+            ],
+        ),
+        Cmd::List => {
+            let list = with_nimbus(&conf, async |c| c.list().await)?;
+            if list.is_empty() {
+                println!("No topologies running.");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<20} {:<11} {:>9} {:>11} {:>11} {:<32} {:<10}",
+                "Topology_name",
+                "Status",
+                "Num_tasks",
+                "Num_workers",
+                "Uptime_secs",
+                "Topology_Id",
+                "Owner"
+            );
+            println!("{}", "-".repeat(110));
+            for t in list {
+                println!(
+                    "{:<20} {:<11} {:>9} {:>11} {:>11} {:<32} {:<10}",
+                    t.name,
+                    t.status.to_string(),
+                    t.num_tasks,
+                    t.num_workers,
+                    t.uptime_secs,
+                    t.id,
+                    t.owner
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Kill { name, wait } => {
+            with_nimbus(&conf, async |c| c.kill(name, *wait).await)?;
+            println!("Killed topology: {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Activate { name } => {
+            with_nimbus(&conf, async |c| c.activate(name).await)?;
+            println!("Activated topology: {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Deactivate { name } => {
+            with_nimbus(&conf, async |c| c.deactivate(name).await)?;
+            println!("Deactivated topology: {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rebalance {
+            name,
+            wait,
+            num_workers,
+            executors,
+        } => {
+            let mut request = RebalanceRequest {
+                num_workers: *num_workers,
+                ..Default::default()
+            };
+            for e in executors {
+                let (component, n) = e
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("-e takes component=parallelism, got '{e}'"))?;
+                let n: u32 = n
+                    .trim()
+                    .parse()
+                    .map_err(|_| anyhow!("-e {e}: parallelism must be a positive integer"))?;
+                request.executors.insert(component.trim().to_owned(), n);
+            }
+            let cmd = RebalanceCommand {
+                wait_secs: *wait,
+                request,
+            };
+            with_nimbus(&conf, async |c| c.rebalance(name, &cmd).await)?;
+            println!("Topology {name} is rebalancing");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Nimbus => {
+            init_logging("info");
+            run_daemon(conf, squall_nimbus::start)
+        }
+        Cmd::Supervisor => {
+            init_logging("info");
+            run_daemon(conf, squall_supervisor::start)
+        }
+        Cmd::DevZookeeper => {
+            squall_cluster::dev_zookeeper::run_dev_zookeeper(&conf)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Version => {
+            println!("Squall {}", squall_cluster::VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Like Storm's `bin/storm`, `-c key=value` and `--config file` are accepted anywhere,
+/// also after a topology binary (`squall jar ./wc name -c topology.workers=3`): they are
+/// moved in front of the subcommand before parsing.
+fn hoist_config_flags(args: Vec<String>) -> Vec<String> {
+    let mut front = Vec::new();
+    let mut rest = Vec::new();
+    let mut it = args.into_iter();
+    if let Some(program) = it.next() {
+        front.push(program);
+    }
+    while let Some(a) = it.next() {
+        if a == "-c" || a == "--config" {
+            front.push(a);
+            if let Some(v) = it.next() {
+                front.push(v);
+            }
+        } else if a.starts_with("--config=")
+            || (a.starts_with("-c") && a.len() > 2 && !a.starts_with("--"))
+        {
+            front.push(a);
+        } else {
+            rest.push(a);
+        }
+    }
+    front.extend(rest);
+    front
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(hoist_config_flags(std::env::args().collect()));
+    if !matches!(cli.cmd, Cmd::Nimbus | Cmd::Supervisor) {
+        init_logging("warn");
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
