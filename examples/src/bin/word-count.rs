@@ -32,6 +32,9 @@ struct Args {
     /// Worker processes (cluster mode).
     #[arg(long, default_value_t = 2)]
     workers: u32,
+    /// Sentences per second per spout task (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     let topology = word_count_topology(&WordCountOptions {
         splitters: args.splitters,
         counters: args.counters,
+        rate: args.rate,
         report: Some((1, counts.clone())),
         ..Default::default()
     })?;
