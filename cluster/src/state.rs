@@ -222,6 +222,15 @@ pub struct ExecutorHeartbeat {
     pub execute_latency_ms: f64,
     /// Mean complete latency, ms (spouts).
     pub complete_latency_ms: f64,
+    /// Complete latency percentiles, ms (spouts): median.
+    #[serde(default)]
+    pub complete_latency_p50_ms: f64,
+    /// 99th percentile.
+    #[serde(default)]
+    pub complete_latency_p99_ms: f64,
+    /// Maximum.
+    #[serde(default)]
+    pub complete_latency_max_ms: f64,
 }
 
 /// What a worker tells Nimbus every `worker.heartbeat.frequency.secs`.
@@ -270,14 +279,16 @@ pub struct WorkerLaunch {
     pub port: u16,
     /// The assignment this worker runs.
     pub assignment: Assignment,
-    /// Nimbus RPC addresses (`host:port`), tried in order.
+    /// Nimbus RPC addresses (`host:port`), tried in order. Empty for a standalone
+    /// worker (as `squall-perf --workers` starts them): its spouts start active and it
+    /// runs until it is stopped.
     pub nimbus: Vec<String>,
     /// The file this worker touches as its heartbeat to the supervisor.
     pub heartbeat_file: std::path::PathBuf,
 }
 
 /// What a worker writes into its heartbeat file for the supervisor.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LocalHeartbeat {
     /// The topology id.
     pub topology_id: String,
@@ -287,4 +298,7 @@ pub struct LocalHeartbeat {
     pub time_secs: u64,
     /// The worker's process id.
     pub pid: u32,
+    /// Per-executor counters (cumulative), as sent to Nimbus.
+    #[serde(default)]
+    pub executors: Vec<ExecutorHeartbeat>,
 }

@@ -151,17 +151,45 @@ fn heartbeat_loop(
             .max(1),
     );
     let started = Instant::now();
+    let standalone = launch.nimbus.is_empty();
     let mut active = false;
+    if standalone {
+        runtime.activate();
+        active = true;
+    }
     let mut errors_sent = 0;
     let mut unknown_since: Option<Instant> = None;
     let pid = std::process::id();
     loop {
+        let executors: Vec<ExecutorHeartbeat> = runtime
+            .executor_stats()
+            .into_iter()
+            .map(|(component, first, last, s)| {
+                let lat = s.complete_latency_ms.unwrap_or_default();
+                ExecutorHeartbeat {
+                    component: component.to_string(),
+                    first,
+                    last,
+                    emitted: s.emitted,
+                    transferred: s.transferred,
+                    acked: s.acked,
+                    failed: s.failed,
+                    executed: s.executed,
+                    execute_latency_ms: s.execute_latency_ms,
+                    complete_latency_ms: lat.mean,
+                    complete_latency_p50_ms: lat.p50,
+                    complete_latency_p99_ms: lat.p99,
+                    complete_latency_max_ms: lat.max,
+                }
+            })
+            .collect();
         // To the supervisor: a file it reads.
         let local = LocalHeartbeat {
             topology_id: launch.topology_id.clone(),
             assignment_version: launch.assignment.version,
             time_secs: now_secs(),
             pid,
+            executors: executors.clone(),
         };
         let tmp = launch.heartbeat_file.with_extension("tmp");
         if std::fs::write(
@@ -198,22 +226,7 @@ fn heartbeat_loop(
             assignment_version: launch.assignment.version,
             uptime_secs: started.elapsed().as_secs(),
             time_secs: now_secs(),
-            executors: runtime
-                .executor_stats()
-                .into_iter()
-                .map(|(component, first, last, s)| ExecutorHeartbeat {
-                    component: component.to_string(),
-                    first,
-                    last,
-                    emitted: s.emitted,
-                    transferred: s.transferred,
-                    acked: s.acked,
-                    failed: s.failed,
-                    executed: s.executed,
-                    execute_latency_ms: s.execute_latency_ms,
-                    complete_latency_ms: s.complete_latency_ms.map_or(0.0, |l| l.mean),
-                })
-                .collect(),
+            executors,
             errors: new_errors,
         };
         let mut answer = None;

@@ -9,9 +9,15 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use squall_api::{Config, Topology, TopologyBuilder};
+use squall_api::{Config, TaskLayout, Topology, TopologyBuilder};
+use squall_cluster::state::{Assignment, ExecutorAssignment, LocalHeartbeat, WorkerLaunch, WorkerSlot};
+use squall_worker::submitter::{launch_mode, LaunchMode, LAUNCH_ENV};
+use squall_worker::StormSubmitter;
 use squall_examples::{word_count_topology, ConstSpout, DevNullBolt, IdBolt, WordCountOptions};
 use squall_worker::{LocalCluster, TopologyStats};
 
@@ -64,7 +70,9 @@ struct Args {
     /// topology.producer.batch.size.
     #[arg(long)]
     batch_size: Option<u32>,
-    /// Worker processes (needs cluster mode).
+    /// Worker processes. With 2 or more, squall-perf starts itself that many times as
+    /// standalone workers (no ZooKeeper or Nimbus) and places consecutive components on
+    /// different workers, so every tuple crosses between processes over TCP.
     #[arg(long, default_value_t = 1)]
     workers: u32,
 }
@@ -116,12 +124,6 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let a = Args::parse();
-    if a.workers > 1 {
-        bail!(
-            "--workers {} needs cluster mode, which this build does not have yet",
-            a.workers
-        );
-    }
     let topology = topology(&a)?;
     let mut conf = Config::new();
     conf.set_num_ackers(a.ackers);
@@ -132,6 +134,14 @@ fn main() -> anyhow::Result<()> {
         conf.set(squall_api::config::keys::TOPOLOGY_PRODUCER_BATCH_SIZE, b);
     }
     let name = format!("{:?}", a.topology).to_lowercase();
+    if launch_mode() == LaunchMode::Worker {
+        // One of the workers started by `--workers` below.
+        StormSubmitter::submit_topology(&name, &conf, &topology)?;
+        return Ok(());
+    }
+    if a.workers > 1 {
+        return multi_process(&a, &name, &conf, &topology);
+    }
     let cluster = LocalCluster::new();
     cluster.submit_topology(&name, &conf, &topology)?;
     std::thread::sleep(Duration::from_secs_f64(a.warmup));
@@ -156,11 +166,7 @@ fn main() -> anyhow::Result<()> {
         .complete_latency_ms
         .unwrap_or_default();
     let out = serde_json::json!({
-        "topology": format!("{:?}", a.topology).chars().fold(String::new(), |mut s, ch| {
-            if ch.is_uppercase() && !s.is_empty() { s.push('-'); }
-            s.push(ch.to_ascii_lowercase());
-            s
-        }),
+        "topology": kebab(a.topology),
         "seconds": (elapsed * 100.0).round() / 100.0,
         "workers": a.workers,
         "ackers": a.ackers,
@@ -174,6 +180,188 @@ fn main() -> anyhow::Result<()> {
         "acked": acked,
         "failed": failed,
         "errors": errors.len(),
+    });
+    println!("{out}");
+    Ok(())
+}
+
+fn kebab(t: Topo) -> String {
+    format!("{t:?}").chars().fold(String::new(), |mut s, ch| {
+        if ch.is_uppercase() && !s.is_empty() {
+            s.push('-');
+        }
+        s.push(ch.to_ascii_lowercase());
+        s
+    })
+}
+
+/// The components of the perf topologies in the order tuples flow.
+fn flow(t: Topo) -> &'static [&'static str] {
+    match t {
+        Topo::ConstSpoutNullBolt => &["spout", "bolt"],
+        Topo::ConstSpoutIdBoltNullBolt => &["spout", "id", "bolt"],
+        Topo::WordCount => &["spout", "split", "count"],
+    }
+}
+
+/// Counters summed over the workers' heartbeat files, and the newest file time.
+struct Snapshot {
+    at: std::time::SystemTime,
+    executed: BTreeMap<String, u64>,
+    acked: u64,
+    failed: u64,
+    emitted: u64,
+    latency: (f64, f64, f64, f64),
+}
+
+fn snapshot(files: &[PathBuf]) -> anyhow::Result<Snapshot> {
+    let mut s = Snapshot {
+        at: std::time::UNIX_EPOCH,
+        executed: BTreeMap::new(),
+        acked: 0,
+        failed: 0,
+        emitted: 0,
+        latency: (0.0, 0.0, 0.0, 0.0),
+    };
+    for f in files {
+        let bytes = std::fs::read(f).with_context(|| format!("no heartbeat yet in {}", f.display()))?;
+        let hb: LocalHeartbeat = serde_json::from_slice(&bytes)?;
+        s.at = s.at.max(std::fs::metadata(f)?.modified()?);
+        for e in hb.executors {
+            *s.executed.entry(e.component.clone()).or_default() += e.executed;
+            if e.component == "spout" {
+                s.acked += e.acked;
+                s.failed += e.failed;
+                s.emitted += e.emitted;
+                s.latency = (
+                    s.latency.0.max(e.complete_latency_p50_ms),
+                    s.latency.1.max(e.complete_latency_p99_ms),
+                    s.latency.2.max(e.complete_latency_max_ms),
+                    s.latency.3.max(e.complete_latency_ms),
+                );
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// Runs the topology as `a.workers` standalone worker processes of this binary.
+fn multi_process(a: &Args, name: &str, conf: &Config, topology: &Topology) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("squall-perf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let layout = TaskLayout::new(topology.spec(), conf.num_ackers()?);
+    let slots: Vec<WorkerSlot> = (0..a.workers)
+        .map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            Ok(WorkerSlot { node: "perf".into(), port })
+        })
+        .collect::<std::io::Result<_>>()?;
+    let order = flow(a.topology);
+    let executors = layout
+        .executors()
+        .map(|(component, first, last)| {
+            // Consecutive components on different workers; ackers with the last one.
+            let i = order
+                .iter()
+                .position(|c| *c == component.as_str())
+                .unwrap_or(order.len() - 1);
+            ExecutorAssignment {
+                component: component.to_string(),
+                first,
+                last,
+                slot: slots[i % slots.len()].clone(),
+            }
+        })
+        .collect();
+    let assignment = Assignment {
+        topology_id: format!("{name}-perf"),
+        topology_name: name.to_owned(),
+        binary_sha256: String::new(),
+        args: Vec::new(),
+        conf: conf.clone(),
+        executors,
+        node_host: BTreeMap::from([("perf".to_owned(), "127.0.0.1".to_owned())]),
+        slot_start_secs: BTreeMap::new(),
+        version: 1,
+    };
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    let mut beats = Vec::new();
+    for slot in &slots {
+        let heartbeat_file = dir.join(format!("heartbeat-{}", slot.port));
+        let launch = WorkerLaunch {
+            topology_id: assignment.topology_id.clone(),
+            topology_name: name.to_owned(),
+            supervisor_id: slot.node.clone(),
+            host: "127.0.0.1".into(),
+            port: slot.port,
+            assignment: assignment.clone(),
+            nimbus: Vec::new(),
+            heartbeat_file: heartbeat_file.clone(),
+        };
+        let spec = dir.join(format!("launch-{}.json", slot.port));
+        std::fs::write(&spec, serde_json::to_vec(&launch)?)?;
+        let log = std::fs::File::create(dir.join(format!("worker-{}.log", slot.port)))?;
+        children.push(
+            std::process::Command::new(&exe)
+                .args(std::env::args().skip(1))
+                .env(LAUNCH_ENV, "worker")
+                .env(squall_worker::cluster_worker::WORKER_SPEC_ENV, &spec)
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?,
+        );
+        beats.push(heartbeat_file);
+    }
+    let result = measure(a, &beats, &dir);
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn measure(a: &Args, beats: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while snapshot(beats).is_err() {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("workers did not start; see the logs in {}", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs_f64(a.warmup));
+    let before = snapshot(beats)?;
+    std::thread::sleep(Duration::from_secs_f64(a.seconds));
+    let after = snapshot(beats)?;
+    let elapsed = after
+        .at
+        .duration_since(before.at)
+        .unwrap_or(Duration::from_secs_f64(a.seconds))
+        .as_secs_f64()
+        .max(0.001);
+    let sink = sink(a.topology);
+    let processed = after.executed.get(sink).copied().unwrap_or(0)
+        - before.executed.get(sink).copied().unwrap_or(0);
+    let out = serde_json::json!({
+        "topology": kebab(a.topology),
+        "seconds": (elapsed * 100.0).round() / 100.0,
+        "workers": a.workers,
+        "ackers": a.ackers,
+        "spouts": a.spouts,
+        "max_pending": a.max_pending,
+        "rate": a.rate,
+        "tuples_per_sec": (processed as f64 / elapsed).round(),
+        "spout_emits_per_sec": ((after.emitted - before.emitted) as f64 / elapsed).round(),
+        "acked_per_sec": ((after.acked - before.acked) as f64 / elapsed).round(),
+        "latency_ms": {
+            "p50": after.latency.0, "p99": after.latency.1, "max": after.latency.2,
+            "mean": (after.latency.3 * 1000.0).round() / 1000.0,
+        },
+        "acked": after.acked - before.acked,
+        "failed": after.failed - before.failed,
     });
     println!("{out}");
     Ok(())
