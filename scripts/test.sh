@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs Squall's whole test suite: unit, property, doc and black-box tests.
-# Anything the tests need is set up by the tests themselves.
+# Anything else the tests need is set up by the tests themselves; the real ZooKeeper
+# they start is installed here first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/ensure-zookeeper.sh
 exec cargo test -j2 --workspace "$@"

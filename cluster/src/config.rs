@@ -142,6 +142,14 @@ pub enum ConfigFileError {
         /// The override as given.
         arg: String,
     },
+    /// The value of a `-c` override is not valid YAML.
+    #[error("invalid override '-c {arg}': the value is not valid YAML ({message})")]
+    OverrideValue {
+        /// The override as given.
+        arg: String,
+        /// The parser's description.
+        message: String,
+    },
     /// A `-c` override has an empty key.
     #[error("invalid override '-c {arg}': the key before '=' is empty")]
     OverrideEmptyKey {
@@ -202,7 +210,14 @@ pub fn parse_override(arg: &str) -> Result<(String, Value), ConfigFileError> {
         });
     }
     let origin = format!("-c {arg}");
-    let value = match parse_document(value, &origin)? {
+    let doc = parse_document(value, &origin).map_err(|e| match e {
+        ConfigFileError::Yaml { message, .. } => ConfigFileError::OverrideValue {
+            arg: arg.to_owned(),
+            message,
+        },
+        other => other,
+    })?;
+    let value = match doc {
         None => Value::Null,
         Some(doc) => yaml_to_value(doc, &origin, key)?,
     };
@@ -806,14 +821,20 @@ mod tests {
         assert!(matches!(e, ConfigFileError::OverrideEmptyKey { .. }));
         assert!(e.to_string().contains("'-c  =3'"), "{e}");
         let e = load(None, &ov(&["supervisor.slots.ports=[6700,"])).unwrap_err();
-        assert!(matches!(e, ConfigFileError::Yaml { .. }), "{e:?}");
+        assert!(matches!(e, ConfigFileError::OverrideValue { .. }), "{e:?}");
         assert!(
-            e.to_string()
-                .starts_with("-c supervisor.slots.ports=[6700,: invalid YAML at line 1"),
+            e.to_string().starts_with(
+                "invalid override '-c supervisor.slots.ports=[6700,': the value is not valid YAML ("
+            ),
             "{e}"
         );
+        let e = load(None, &ov(&["a=1\n---\n2"])).unwrap_err();
+        assert!(
+            matches!(e, ConfigFileError::MultipleDocuments { .. }),
+            "{e:?}"
+        );
         let e = load(None, &ov(&["my.alias=*x"])).unwrap_err();
-        assert!(e.to_string().starts_with("-c my.alias=*x:"), "{e}");
+        assert!(e.to_string().contains("-c my.alias=*x"), "{e}");
     }
 
     #[test]

@@ -844,13 +844,25 @@ mod tests {
             .spawn()
             .unwrap();
         let mut guard = ChildGuard(child, None);
-        let mut lines = io::BufReader::new(guard.0.stdout.take().unwrap()).lines();
-        let listening = lines
-            .by_ref()
-            .map(Result::unwrap)
-            .find(|l| l.starts_with("ZooKeeper (pid "))
+        // Read the child's output on a thread, so a silent child fails the test instead
+        // of hanging it.
+        let stdout = guard.0.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let next_line = || rx.recv_timeout(Duration::from_secs(60)).ok();
+        // The test harness prints its own "test … ... " before the line.
+        const MARK: &str = "ZooKeeper (pid ";
+        let listening = std::iter::from_fn(next_line)
+            .find_map(|l| l.find(MARK).map(|at| l[at..].to_owned()))
             .expect("dev-zookeeper printed where it listens");
-        let java_pid: u32 = listening["ZooKeeper (pid ".len()..]
+        let java_pid: u32 = listening[MARK.len()..]
             .split(')')
             .next()
             .unwrap()
@@ -873,8 +885,16 @@ mod tests {
             .status()
             .unwrap();
         assert!(status.success());
-        let rest: Vec<String> = lines.map(Result::unwrap).collect();
-        assert!(guard.0.wait().unwrap().success(), "output: {rest:?}");
+        let rest: Vec<String> = std::iter::from_fn(next_line).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = guard.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "dev-zookeeper ignored SIGTERM");
+            std::thread::sleep(POLL_INTERVAL);
+        };
+        assert!(status.success(), "{status}; output: {rest:?}");
         assert!(
             rest.iter().any(|l| l == "dev-zookeeper returned Ok"),
             "output: {rest:?}"
