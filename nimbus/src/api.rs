@@ -1,4 +1,7 @@
 //! Nimbus's RPC handlers (see `squall_cluster::rpc` for the API table).
+//!
+//! Handlers return `Result<Response, Response>`: the error side is the HTTP answer.
+#![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -55,6 +55,9 @@ pub(crate) struct TopologyCode {
     pub conf: Config,
 }
 
+/// Latest heartbeat per topology id and worker slot, with when it arrived.
+pub(crate) type Heartbeats = HashMap<String, BTreeMap<WorkerSlot, (Instant, WorkerHeartbeat)>>;
+
 pub(crate) struct Nimbus {
     pub state: ClusterState,
     pub dir: PathBuf,
@@ -62,7 +65,7 @@ pub(crate) struct Nimbus {
     /// Serializes every change of cluster state.
     pub lock: tokio::sync::Mutex<()>,
     /// Latest heartbeat per topology and worker slot.
-    pub heartbeats: Mutex<HashMap<String, BTreeMap<WorkerSlot, (Instant, WorkerHeartbeat)>>>,
+    pub heartbeats: Mutex<Heartbeats>,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NimbusError {
@@ -303,10 +306,7 @@ impl Nimbus {
         Ok(())
     }
 
-    pub fn lock_heartbeats(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<WorkerSlot, (Instant, WorkerHeartbeat)>>>
-    {
+    pub fn lock_heartbeats(&self) -> std::sync::MutexGuard<'_, Heartbeats> {
         self.heartbeats.lock().unwrap_or_else(|p| p.into_inner())
     }
 

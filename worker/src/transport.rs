@@ -349,16 +349,20 @@ fn decode_batch(frame: &[u8]) -> Result<Vec<Envelope>, ConnError> {
         len: frame.len(),
         error,
     };
-    let mut rest = frame;
-    let batch = Vec::<Envelope>::deserialize(&mut rmp_serde::Deserializer::new(&mut rest))
-        .map_err(|e| undecodable(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(undecodable(format!(
-            "{} bytes follow the batch",
-            rest.len()
-        )));
+    // Decoding from the slice (not through `Read`) lets strings be read in place.
+    let mut de = rmp_serde::Deserializer::from_read_ref(frame);
+    let batch = crate::message::DecodedBatch::deserialize(&mut de)
+        .map_err(|e| undecodable(e.to_string()))?
+        .0;
+    // Whatever decodes after the batch is trailing garbage.
+    match serde::de::IgnoredAny::deserialize(&mut de) {
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+            if e.kind() == io::ErrorKind::UnexpectedEof =>
+        {
+            Ok(batch)
+        }
+        _ => Err(undecodable("bytes follow the batch".to_owned())),
     }
-    Ok(batch)
 }
 
 /// Checks the magic and the hello; returns the peer's worker name.
@@ -854,7 +858,7 @@ impl Writer {
     fn encode(&mut self, batch: &[Envelope]) {
         let start = self.out.len();
         self.out.extend_from_slice(&[0; 4]);
-        let result = rmp_serde::encode::write(&mut self.out, batch);
+        let result = rmp_serde::encode::write(&mut self.out, &crate::message::WireBatch(batch));
         let len = self.out.len() - start - 4;
         let problem = match result {
             Err(e) => format!("could not be encoded: {e}"),
@@ -1238,15 +1242,16 @@ mod tests {
         let addr = server.local_addr();
         let mut rng = fastrand::Rng::with_seed(7);
         let garbage: Vec<u8> = (0..4096).map(|_| rng.u8(..)).collect();
-        // A tuple whose values claim 4 G elements, then ends.
-        let mut alloc_bomb = vec![0x91, 0x92, 0x01, 0x81, 0xa5];
-        alloc_bomb.extend_from_slice(b"Tuple");
-        alloc_bomb.extend_from_slice(&[0x94, 0x00, 0x01, 0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        // A tuple whose values claim 4 G elements, then ends: one group
+        // [0, task 1, stream 0, source 1, [values]] (see `message::WireBatch`).
+        let mut alloc_bomb = vec![0x91, 0x95, 0x00, 0x01, 0x00, 0x01, 0x91];
+        alloc_bomb.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]);
         // A value nested 200 000 lists deep.
         let mut depth_bomb = alloc_bomb[..alloc_bomb.len() - 6].to_vec();
         depth_bomb.push(0x91);
         depth_bomb.extend(std::iter::repeat_n(0x91u8, 200_000));
-        let good_frame = rmp_serde::to_vec(&vec![message(1, 0, 1)]).unwrap();
+        let good_frame =
+            rmp_serde::to_vec(&crate::message::WireBatch(&[message(1, 0, 1)])).unwrap();
         let mut trailing_garbage = good_frame.clone();
         trailing_garbage.extend_from_slice(&garbage[..8]);
         let mut truncated = hello(TOPO);

@@ -15,10 +15,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use squall_api::{Config, TaskLayout, Topology, TopologyBuilder};
-use squall_cluster::state::{Assignment, ExecutorAssignment, LocalHeartbeat, WorkerLaunch, WorkerSlot};
+use squall_cluster::state::{
+    Assignment, ExecutorAssignment, LocalHeartbeat, WorkerLaunch, WorkerSlot,
+};
+use squall_examples::{word_count_topology, ConstSpout, DevNullBolt, IdBolt, WordCountOptions};
 use squall_worker::submitter::{launch_mode, LaunchMode, LAUNCH_ENV};
 use squall_worker::StormSubmitter;
-use squall_examples::{word_count_topology, ConstSpout, DevNullBolt, IdBolt, WordCountOptions};
 use squall_worker::{LocalCluster, TopologyStats};
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
@@ -224,7 +226,8 @@ fn snapshot(files: &[PathBuf]) -> anyhow::Result<Snapshot> {
         latency: (0.0, 0.0, 0.0, 0.0),
     };
     for f in files {
-        let bytes = std::fs::read(f).with_context(|| format!("no heartbeat yet in {}", f.display()))?;
+        let bytes =
+            std::fs::read(f).with_context(|| format!("no heartbeat yet in {}", f.display()))?;
         let hb: LocalHeartbeat = serde_json::from_slice(&bytes)?;
         s.at = s.at.max(std::fs::metadata(f)?.modified()?);
         for e in hb.executors {
@@ -252,8 +255,13 @@ fn multi_process(a: &Args, name: &str, conf: &Config, topology: &Topology) -> an
     let layout = TaskLayout::new(topology.spec(), conf.num_ackers()?);
     let slots: Vec<WorkerSlot> = (0..a.workers)
         .map(|_| {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            Ok(WorkerSlot { node: "perf".into(), port })
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            Ok(WorkerSlot {
+                node: "perf".into(),
+                port,
+            })
         })
         .collect::<std::io::Result<_>>()?;
     let order = flow(a.topology);
