@@ -21,11 +21,11 @@
 //!
 //! A connection starts with the 4 bytes [`MAGIC`] (`SQL1`) followed by one hello frame;
 //! then every frame carries one batch. A frame is a big-endian `u32` length and that many
-//! bytes of MessagePack (`rmp-serde`'s default, compact encoding: structs as arrays, enum
-//! variants as one-entry maps keyed by the variant's name):
+//! bytes of MessagePack (`rmp-serde`'s default, compact encoding: structs as arrays):
 //!
 //! - hello: `{ topology_id: String, from_worker: String }`, at most 64 KiB;
-//! - data: `Vec<Envelope>`, at most [`MAX_FRAME_BYTES`].
+//! - data: one batch as a [`WireBatch`](crate::message::WireBatch) (tuples grouped by
+//!   task, stream and source), at most [`MAX_FRAME_BYTES`].
 //!
 //! Data flows one way; the server never writes. It closes a connection whose magic or
 //! topology id does not match, and one that sends a frame over the limit, a truncated
