@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Measures, on a real one-machine cluster (ZooKeeper, Nimbus, one supervisor), the time
+# from `squall jar` of WordCount to its first tuple processed (as Nimbus reports from
+# worker heartbeats, polled every 20 ms). Prints one JSON line per run.
+# Usage: scripts/bench-submit.sh [runs]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs="${1:-3}"
+./scripts/ensure-zookeeper.sh >/dev/null
+cargo build -j2 --release -p squall-cli -p squall-examples >&2
+bin="$PWD/target/release"
+dir=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+zk=$(free_port); nimbus=$(free_port); s1=$(free_port); s2=$(free_port)
+cat > "$dir/storm.yaml" <<YAML
+storm.zookeeper.servers: ["127.0.0.1"]
+storm.zookeeper.port: $zk
+dev.zookeeper.path: "$dir/zk"
+nimbus.seeds: ["127.0.0.1"]
+nimbus.thrift.port: $nimbus
+storm.local.hostname: "127.0.0.1"
+storm.local.dir: "$dir/local"
+supervisor.slots.ports: [$s1, $s2]
+supervisor.monitor.frequency.secs: 1
+YAML
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+"$bin/squall" dev-zookeeper --config "$dir/storm.yaml" > "$dir/zk.log" 2>&1 & pids+=($!)
+sleep 2
+"$bin/squall" nimbus --config "$dir/storm.yaml" > "$dir/nimbus.log" 2>&1 & pids+=($!)
+"$bin/squall" supervisor --config "$dir/storm.yaml" > "$dir/supervisor.log" 2>&1 & pids+=($!)
+sleep 3
+for i in $(seq "$runs"); do
+  start=$(date +%s.%N)
+  "$bin/squall" jar "$bin/word-count" "wc$i" --config "$dir/storm.yaml" > /dev/null
+  submitted=$(date +%s.%N)
+  until curl -s "127.0.0.1:$nimbus/nimbus/v1/topologies/wc$i" \
+      | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if any(c["id"]=="count" and c["executed"]>0 for c in d["components"]) else 1)' 2>/dev/null; do
+    sleep 0.02
+  done
+  first=$(date +%s.%N)
+  python3 -c "print('{\"run\": $i, \"submit_secs\": %.3f, \"submit_to_first_tuple_secs\": %.3f}' % ($submitted - $start, $first - $start))"
+  "$bin/squall" kill "wc$i" -w 0 --config "$dir/storm.yaml" > /dev/null
+  sleep 3
+done
