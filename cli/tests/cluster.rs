@@ -409,20 +409,32 @@ fn word_count_on_a_real_cluster() {
     .executed
         > after_restart + 1000));
 
-    // Rebalance to three workers while running: it keeps counting, nothing fails.
-    let out = c.squall(&["rebalance", "wc", "-w", "1", "-n", "3"]);
-    assert!(out.status.success(), "{}", stdout(&out));
-    assert!(
-        wait_until(PATIENCE, || {
-            c.info("wc").is_some_and(|i| {
-                i.workers.len() == 3
-                    && i.workers.iter().all(|w| w.heartbeat_age_secs.is_some())
-                    && component(&i, "count").executed > 1000
-            })
-        }),
-        "rebalance to 3 workers did not take effect:\n{}",
-        c.logs()
-    );
+    // Rebalance down to one worker, then from one to three while running: it keeps
+    // counting and nothing fails.
+    let rebalance_to = |n: usize| {
+        let out = c.squall(&["rebalance", "wc", "-w", "1", "-n", &n.to_string()]);
+        assert!(out.status.success(), "{}", stdout(&out));
+        assert!(
+            wait_until(PATIENCE, || {
+                c.info("wc").is_some_and(|i| {
+                    i.workers.len() == n
+                        && i.workers.iter().all(|w| w.heartbeat_age_secs.is_some())
+                        && component(&i, "count").executed > 1000
+                })
+            }),
+            "rebalance to {n} workers did not take effect:\n{}",
+            c.logs()
+        );
+    };
+    rebalance_to(1);
+    rebalance_to(3);
+    let before = component(&c.info("wc").unwrap(), "count").executed;
+    assert!(wait_until(PATIENCE, || component(
+        &c.info("wc").unwrap(),
+        "count"
+    )
+    .executed
+        > before + 1000));
     let info = c.info("wc").unwrap();
     assert_eq!(component(&info, "spout").failed, 0, "{info:?}");
     assert_eq!(info.summary.status.to_string(), "ACTIVE");

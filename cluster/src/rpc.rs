@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `PUT /nimbus/v1/binaries/<sha256>` | the topology binary (streamed) → `{}` |
 //! | `GET /nimbus/v1/binaries/<sha256>` | → the binary |
+//! | `HEAD /nimbus/v1/binaries/<sha256>` | → 200 when stored, 404 otherwise |
 //! | `POST /nimbus/v1/topologies` | [`SubmitRequest`] → [`SubmitResponse`] |
 //! | `GET /nimbus/v1/topologies` | → `[`[`TopologySummary`]`]` |
 //! | `GET /nimbus/v1/topologies/<name>` | → [`TopologyInfo`] |
@@ -356,9 +357,21 @@ impl NimbusClient {
         })
     }
 
-    /// Uploads a topology binary, streamed from disk; returns its SHA-256.
+    /// Uploads a topology binary, streamed from disk, unless Nimbus already has it;
+    /// returns its SHA-256.
     pub async fn upload_binary(&self, path: &Path) -> Result<String, RpcError> {
         let sha = sha256_file(path).await?;
+        if self
+            .send(
+                Method::HEAD,
+                &format!("/binaries/{sha}"),
+                full(Bytes::new()),
+            )
+            .await
+            .is_ok()
+        {
+            return Ok(sha);
+        }
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|source| RpcError::Io {

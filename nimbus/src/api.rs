@@ -79,6 +79,14 @@ async fn route(n: &Arc<Nimbus>, req: Request<Incoming>) -> Reply {
     match (&method, segs.as_slice()) {
         (&Method::PUT, ["binaries", sha]) => upload(n, sha, req).await,
         (&Method::GET, ["binaries", sha]) => download(n, sha).await,
+        (&Method::HEAD, ["binaries", sha]) => {
+            valid_sha(sha)?;
+            if exists(&n.binary_path(sha)) {
+                Ok(ok())
+            } else {
+                Err(error(StatusCode::NOT_FOUND, format!("no binary {sha}")))
+            }
+        }
         (&Method::POST, ["topologies"]) => submit(n, parse(req).await?).await,
         (&Method::GET, ["topologies"]) => list(n).await,
         (&Method::GET, ["topologies", name]) => info(n, &name_of(name)?).await,
@@ -126,6 +134,13 @@ async fn upload(n: &Nimbus, sha: &str, req: Request<Incoming>) -> Reply {
     valid_sha(sha)?;
     let dest = n.binary_path(sha);
     if exists(&dest) {
+        // Already stored: read the body anyway so the client can finish sending it.
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
         return Ok(ok());
     }
     let tmp = dest.with_extension(format!("upload-{}", std::process::id() as u64 ^ now_secs()));
