@@ -366,6 +366,16 @@ impl Bolt for DevNullBolt {
     }
 }
 
+/// Logs to stderr at `warn` (or as `RUST_LOG` says), for the example binaries.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// The README's code examples, compiled as doc tests so they stay true.
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]

@@ -209,6 +209,14 @@ fn not_found(name: &str) -> Response<Body> {
     )
 }
 
+/// The live topology `name`, or a 404 naming it.
+async fn live(n: &Nimbus, name: &str) -> Result<StormBase, Response<Body>> {
+    n.find(name)
+        .await
+        .map_err(state_err)?
+        .ok_or_else(|| not_found(name))
+}
+
 fn state_err(e: impl Into<NimbusError>) -> Response<Body> {
     error(StatusCode::SERVICE_UNAVAILABLE, e.into().to_string())
 }
@@ -302,11 +310,7 @@ async fn list(n: &Nimbus) -> Reply {
 }
 
 async fn info(n: &Nimbus, name: &str) -> Reply {
-    let base = n
-        .find(name)
-        .await
-        .map_err(state_err)?
-        .ok_or_else(|| not_found(name))?;
+    let base = live(n, name).await?;
     let summary = summary(n, &base).await;
     let assignment = n
         .state
@@ -411,11 +415,7 @@ fn message_timeout(n: &Nimbus, base: &StormBase) -> u64 {
 
 async fn kill(n: &Nimbus, name: &str, req: KillRequest) -> Reply {
     let _guard = n.lock.lock().await;
-    let mut base = n
-        .find(name)
-        .await
-        .map_err(state_err)?
-        .ok_or_else(|| not_found(name))?;
+    let mut base = live(n, name).await?;
     let wait = req.wait_secs.unwrap_or_else(|| message_timeout(n, &base));
     base.status = TopologyStatus::Killed;
     base.action_at_secs = Some(now_secs() + wait);
@@ -426,11 +426,7 @@ async fn kill(n: &Nimbus, name: &str, req: KillRequest) -> Reply {
 
 async fn set_status(n: &Nimbus, name: &str, status: TopologyStatus) -> Reply {
     let _guard = n.lock.lock().await;
-    let mut base = n
-        .find(name)
-        .await
-        .map_err(state_err)?
-        .ok_or_else(|| not_found(name))?;
+    let mut base = live(n, name).await?;
     match base.status {
         TopologyStatus::Killed => {
             return Err(conflict(format!("topology '{name}' is being killed")))
@@ -447,11 +443,7 @@ async fn set_status(n: &Nimbus, name: &str, status: TopologyStatus) -> Reply {
 
 async fn rebalance(n: &Nimbus, name: &str, cmd: RebalanceCommand) -> Reply {
     let _guard = n.lock.lock().await;
-    let mut base = n
-        .find(name)
-        .await
-        .map_err(state_err)?
-        .ok_or_else(|| not_found(name))?;
+    let mut base = live(n, name).await?;
     if matches!(
         base.status,
         TopologyStatus::Killed | TopologyStatus::Rebalancing

@@ -50,10 +50,8 @@ pub enum WorkerError {
     /// No topology of that name runs.
     #[error("no topology named '{0}' is running")]
     UnknownTopology(String),
-    /// The name cannot be used.
-    #[error(
-        "invalid topology name '{0}': use 1-200 characters without '/', '\\' or control characters"
-    )]
+    /// The name cannot be used (the message says why).
+    #[error("{0}")]
     InvalidName(String),
     /// The binary lacks a component of the topology.
     #[error("component '{0}' has no implementation in this binary")]

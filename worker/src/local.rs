@@ -28,20 +28,9 @@ pub struct LocalCluster {
     topologies: Mutex<BTreeMap<String, TopologyRuntime>>,
 }
 
-/// Checks a topology name the way Nimbus does: non-empty, no path separators or
-/// control characters.
+/// Checks a topology name the way Nimbus does ([`squall_cluster::validate_topology_name`]).
 pub fn validate_topology_name(name: &str) -> Result<(), WorkerError> {
-    let bad = name.is_empty()
-        || name.len() > 200
-        || name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == '\\' || c.is_control());
-    if bad {
-        return Err(WorkerError::InvalidName(name.to_owned()));
-    }
-    Ok(())
+    squall_cluster::validate_topology_name(name).map_err(WorkerError::InvalidName)
 }
 
 impl LocalCluster {

@@ -119,12 +119,7 @@ fn sink(t: Topo) -> &'static str {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    squall_examples::init_logging();
     let a = Args::parse();
     let topology = topology(&a)?;
     let mut conf = Config::new();
@@ -167,6 +162,38 @@ fn main() -> anyhow::Result<()> {
         .component("spout")
         .complete_latency_ms
         .unwrap_or_default();
+    print_result(
+        &a,
+        elapsed,
+        Counts {
+            processed,
+            emitted,
+            acked,
+            failed,
+        },
+        (lat.p50, lat.p99, lat.max, lat.mean),
+    );
+    if !errors.is_empty() {
+        eprintln!(
+            "{} errors reported; the first: {}",
+            errors.len(),
+            errors[0].error
+        );
+    }
+    Ok(())
+}
+
+/// What a run counted during the measured seconds.
+struct Counts {
+    processed: u64,
+    emitted: u64,
+    acked: u64,
+    failed: u64,
+}
+
+/// Prints the one JSON line of a run. `latency` is p50, p99, max and mean in ms.
+fn print_result(a: &Args, elapsed: f64, c: Counts, latency: (f64, f64, f64, f64)) {
+    let per_sec = |n: u64| (n as f64 / elapsed).round();
     let out = serde_json::json!({
         "topology": kebab(a.topology),
         "seconds": (elapsed * 100.0).round() / 100.0,
@@ -175,16 +202,17 @@ fn main() -> anyhow::Result<()> {
         "spouts": a.spouts,
         "max_pending": a.max_pending,
         "rate": a.rate,
-        "tuples_per_sec": (processed as f64 / elapsed).round(),
-        "spout_emits_per_sec": (emitted as f64 / elapsed).round(),
-        "acked_per_sec": (acked as f64 / elapsed).round(),
-        "latency_ms": { "p50": lat.p50, "p99": lat.p99, "max": lat.max, "mean": (lat.mean * 1000.0).round() / 1000.0 },
-        "acked": acked,
-        "failed": failed,
-        "errors": errors.len(),
+        "tuples_per_sec": per_sec(c.processed),
+        "spout_emits_per_sec": per_sec(c.emitted),
+        "acked_per_sec": per_sec(c.acked),
+        "latency_ms": {
+            "p50": latency.0, "p99": latency.1, "max": latency.2,
+            "mean": (latency.3 * 1000.0).round() / 1000.0,
+        },
+        "acked": c.acked,
+        "failed": c.failed,
     });
     println!("{out}");
-    Ok(())
 }
 
 fn kebab(t: Topo) -> String {
@@ -353,24 +381,16 @@ fn measure(a: &Args, beats: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
     let sink = sink(a.topology);
     let processed = after.executed.get(sink).copied().unwrap_or(0)
         - before.executed.get(sink).copied().unwrap_or(0);
-    let out = serde_json::json!({
-        "topology": kebab(a.topology),
-        "seconds": (elapsed * 100.0).round() / 100.0,
-        "workers": a.workers,
-        "ackers": a.ackers,
-        "spouts": a.spouts,
-        "max_pending": a.max_pending,
-        "rate": a.rate,
-        "tuples_per_sec": (processed as f64 / elapsed).round(),
-        "spout_emits_per_sec": ((after.emitted - before.emitted) as f64 / elapsed).round(),
-        "acked_per_sec": ((after.acked - before.acked) as f64 / elapsed).round(),
-        "latency_ms": {
-            "p50": after.latency.0, "p99": after.latency.1, "max": after.latency.2,
-            "mean": (after.latency.3 * 1000.0).round() / 1000.0,
+    print_result(
+        a,
+        elapsed,
+        Counts {
+            processed,
+            emitted: after.emitted - before.emitted,
+            acked: after.acked - before.acked,
+            failed: after.failed - before.failed,
         },
-        "acked": after.acked - before.acked,
-        "failed": after.failed - before.failed,
-    });
-    println!("{out}");
+        after.latency,
+    );
     Ok(())
 }

@@ -38,12 +38,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    squall_examples::init_logging();
     let args = Args::parse();
     let counts = WordCounts::default();
     let topology = word_count_topology(&WordCountOptions {
