@@ -163,12 +163,17 @@ impl ClusterState {
         }
     }
 
+    /// Every child of `dir` that decodes; a node holding something else is skipped with
+    /// a warning, so one bad node cannot stop a daemon from seeing the others.
     async fn all<T: DeserializeOwned>(&self, dir: &str) -> Result<Vec<T>> {
         let dir = self.path(dir);
         let mut out = Vec::new();
         for child in self.children(&dir).await? {
-            if let Some(v) = self.get(&format!("{dir}/{child}")).await? {
-                out.push(v);
+            match self.get(&format!("{dir}/{child}")).await {
+                Ok(Some(v)) => out.push(v),
+                Ok(None) => {}
+                Err(e @ StateError::Decode { .. }) => tracing::warn!("skipping: {e}"),
+                Err(e) => return Err(e),
             }
         }
         Ok(out)

@@ -243,7 +243,7 @@ async fn submit(n: &Nimbus, req: SubmitRequest) -> Reply {
     conf.set(keys::TOPOLOGY_NAME, req.name.as_str());
 
     let _guard = n.lock.lock().await;
-    let storms = n.state.storms().await.map_err(state_err)?;
+    let storms = n.state().storms().await.map_err(state_err)?;
     if storms.iter().any(|b| b.name == req.name) {
         return Err(conflict(format!(
             "a topology named '{}' is already running",
@@ -277,14 +277,14 @@ async fn submit(n: &Nimbus, req: SubmitRequest) -> Reply {
         action_at_secs: None,
         rebalance: None,
     };
-    n.state.set_storm(&base).await.map_err(state_err)?;
+    n.state().set_storm(&base).await.map_err(state_err)?;
     n.assign(&base).await.map_err(internal)?;
     tracing::info!(topology = %base.name, id = %topology_id, "submitted");
     Ok(json(StatusCode::OK, &SubmitResponse { topology_id }))
 }
 
 async fn summary(n: &Nimbus, base: &StormBase) -> TopologySummary {
-    let assignment = n.state.assignment(&base.topology_id).await.ok().flatten();
+    let assignment = n.state().assignment(&base.topology_id).await.ok().flatten();
     let num_tasks = n
         .read_code(&base.topology_id)
         .map_or(0, |code| Nimbus::layout(base, &code).max_task().0);
@@ -302,7 +302,7 @@ async fn summary(n: &Nimbus, base: &StormBase) -> TopologySummary {
 
 async fn list(n: &Nimbus) -> Reply {
     let mut out = Vec::new();
-    for base in n.state.storms().await.map_err(state_err)? {
+    for base in n.state().storms().await.map_err(state_err)? {
         out.push(summary(n, &base).await);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -313,7 +313,7 @@ async fn info(n: &Nimbus, name: &str) -> Reply {
     let base = live(n, name).await?;
     let summary = summary(n, &base).await;
     let assignment = n
-        .state
+        .state()
         .assignment(&base.topology_id)
         .await
         .map_err(state_err)?;
@@ -393,7 +393,11 @@ async fn info(n: &Nimbus, name: &str) -> Reply {
                 .collect()
         })
         .unwrap_or_default();
-    let errors = n.state.errors(&base.topology_id).await.map_err(state_err)?;
+    let errors = n
+        .state()
+        .errors(&base.topology_id)
+        .await
+        .map_err(state_err)?;
     Ok(json(
         StatusCode::OK,
         &TopologyInfo {
@@ -419,7 +423,7 @@ async fn kill(n: &Nimbus, name: &str, req: KillRequest) -> Reply {
     let wait = req.wait_secs.unwrap_or_else(|| message_timeout(n, &base));
     base.status = TopologyStatus::Killed;
     base.action_at_secs = Some(now_secs() + wait);
-    n.state.set_storm(&base).await.map_err(state_err)?;
+    n.state().set_storm(&base).await.map_err(state_err)?;
     tracing::info!(topology = %name, "killing in {wait} s");
     Ok(ok())
 }
@@ -437,7 +441,7 @@ async fn set_status(n: &Nimbus, name: &str, status: TopologyStatus) -> Reply {
         _ => {}
     }
     base.status = status;
-    n.state.set_storm(&base).await.map_err(state_err)?;
+    n.state().set_storm(&base).await.map_err(state_err)?;
     Ok(ok())
 }
 
@@ -470,7 +474,7 @@ async fn rebalance(n: &Nimbus, name: &str, cmd: RebalanceCommand) -> Reply {
     base.status = TopologyStatus::Rebalancing;
     base.action_at_secs = Some(now_secs() + wait);
     base.rebalance = Some(cmd.request);
-    n.state.set_storm(&base).await.map_err(state_err)?;
+    n.state().set_storm(&base).await.map_err(state_err)?;
     Ok(ok())
 }
 
@@ -479,9 +483,9 @@ async fn heartbeat(n: &Nimbus, hb: WorkerHeartbeat) -> Reply {
         node: hb.supervisor_id.clone(),
         port: hb.port,
     };
-    let base = n.state.storm(&hb.topology_id).await.map_err(state_err)?;
+    let base = n.state().storm(&hb.topology_id).await.map_err(state_err)?;
     let assignment = n
-        .state
+        .state()
         .assignment(&hb.topology_id)
         .await
         .map_err(state_err)?;
@@ -493,7 +497,7 @@ async fn heartbeat(n: &Nimbus, hb: WorkerHeartbeat) -> Reply {
         _ => None,
     };
     for e in &hb.errors {
-        if let Err(err) = n.state.add_error(&hb.topology_id, e).await {
+        if let Err(err) = n.state().add_error(&hb.topology_id, e).await {
             tracing::warn!("cannot record an error of {}: {err}", hb.topology_id);
         }
     }
@@ -509,10 +513,10 @@ async fn heartbeat(n: &Nimbus, hb: WorkerHeartbeat) -> Reply {
 }
 
 async fn cluster(n: &Nimbus) -> Reply {
-    let supervisors = n.state.supervisors().await.map_err(state_err)?;
-    let assignments = n.state.assignments().await.map_err(state_err)?;
-    let storms = n.state.storms().await.map_err(state_err)?;
-    let nimbuses = n.state.nimbuses().await.map_err(state_err)?;
+    let supervisors = n.state().supervisors().await.map_err(state_err)?;
+    let assignments = n.state().assignments().await.map_err(state_err)?;
+    let storms = n.state().storms().await.map_err(state_err)?;
+    let nimbuses = n.state().nimbuses().await.map_err(state_err)?;
     let supervisors = supervisors
         .into_iter()
         .map(|info| {

@@ -59,13 +59,24 @@ pub(crate) struct TopologyCode {
 pub(crate) type Heartbeats = HashMap<String, BTreeMap<WorkerSlot, (Instant, WorkerHeartbeat)>>;
 
 pub(crate) struct Nimbus {
-    pub state: ClusterState,
+    /// The ZooKeeper session; replaced when it expires.
+    state: std::sync::RwLock<ClusterState>,
+    /// Settings to reconnect and re-register with.
+    zk: ZkSettings,
+    summary: NimbusSummary,
     pub dir: PathBuf,
     pub max_binary_bytes: u64,
     /// Serializes every change of cluster state.
     pub lock: tokio::sync::Mutex<()>,
     /// Latest heartbeat per topology and worker slot.
     pub heartbeats: Mutex<Heartbeats>,
+}
+
+/// How to reach ZooKeeper.
+pub(crate) struct ZkSettings {
+    servers: String,
+    root: String,
+    session_timeout: Duration,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NimbusError {
@@ -89,24 +100,25 @@ pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), Nimb
         .local_addr()
         .map_err(io_err("local address"))?
         .port();
-    let state = ClusterState::connect(
-        &conf.zookeeper_connect_string()?,
-        &conf.zookeeper_root()?,
-        conf.zookeeper_session_timeout()?,
-    )
-    .await?;
+    let zk = ZkSettings {
+        servers: conf.zookeeper_connect_string()?,
+        root: conf.zookeeper_root()?,
+        session_timeout: conf.zookeeper_session_timeout()?,
+    };
+    let state = ClusterState::connect(&zk.servers, &zk.root, zk.session_timeout).await?;
     let host = squall_cluster::local_hostname(&conf);
-    state
-        .register_nimbus(&NimbusSummary {
-            host: host.clone(),
-            port,
-            start_time_secs: now_secs(),
-            version: squall_cluster::VERSION.to_owned(),
-        })
-        .await?;
+    let summary = NimbusSummary {
+        host: host.clone(),
+        port,
+        start_time_secs: now_secs(),
+        version: squall_cluster::VERSION.to_owned(),
+    };
+    state.register_nimbus(&summary).await?;
     let nimbus = Arc::new(Nimbus {
         max_binary_bytes: conf.nimbus_binary_max_bytes()?,
-        state,
+        state: std::sync::RwLock::new(state),
+        zk,
+        summary,
         dir,
         lock: tokio::sync::Mutex::new(()),
         heartbeats: Mutex::new(HashMap::new()),
@@ -124,6 +136,10 @@ pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), Nimb
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tick.tick() => {
+                        if let Err(e) = nimbus.ensure_session().await {
+                            tracing::warn!("ZooKeeper: {e}");
+                            continue;
+                        }
                         if let Err(e) = nimbus.monitor().await {
                             tracing::warn!("monitor: {e}");
                         }
@@ -139,6 +155,24 @@ pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), Nimb
 }
 
 impl Nimbus {
+    /// The current ZooKeeper session.
+    pub fn state(&self) -> ClusterState {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces an expired ZooKeeper session and registers this Nimbus again.
+    async fn ensure_session(&self) -> Result<(), StateError> {
+        if self.state().is_alive() {
+            return Ok(());
+        }
+        tracing::warn!("ZooKeeper session lost; reconnecting");
+        let state =
+            ClusterState::connect(&self.zk.servers, &self.zk.root, self.zk.session_timeout).await?;
+        state.register_nimbus(&self.summary).await?;
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+        Ok(())
+    }
+
     pub fn code_path(&self, topology_id: &str) -> PathBuf {
         self.dir
             .join("topologies")
@@ -178,8 +212,8 @@ impl Nimbus {
         &self,
         except: &str,
     ) -> Result<(Vec<FreeSlots>, BTreeMap<String, String>), StateError> {
-        let supervisors = self.state.supervisors().await?;
-        let assignments = self.state.assignments().await?;
+        let supervisors = self.state().supervisors().await?;
+        let assignments = self.state().assignments().await?;
         let mut used: Vec<WorkerSlot> = Vec::new();
         for a in assignments.iter().filter(|a| a.topology_id != except) {
             used.extend(a.slots());
@@ -223,7 +257,7 @@ impl Nimbus {
                 return Ok(false);
             }
         };
-        let previous = self.state.assignment(&base.topology_id).await?;
+        let previous = self.state().assignment(&base.topology_id).await?;
         let now = now_secs();
         let mut assignment = Assignment {
             topology_id: base.topology_id.clone(),
@@ -246,7 +280,7 @@ impl Nimbus {
             assignment.executors.len(),
             assignment.slots().iter().map(|s| s.to_string()).collect::<Vec<_>>()
         );
-        self.state.set_assignment(&assignment).await?;
+        self.state().set_assignment(&assignment).await?;
         Ok(true)
     }
 
@@ -255,20 +289,20 @@ impl Nimbus {
         let _guard = self.lock.lock().await;
         let now = now_secs();
         let live: Vec<String> = self
-            .state
+            .state()
             .supervisors()
             .await?
             .into_iter()
             .map(|s| s.id)
             .collect();
-        for mut base in self.state.storms().await? {
+        for mut base in self.state().storms().await? {
             let due = base.action_at_secs.is_none_or(|t| t <= now);
             match base.status {
                 TopologyStatus::Killed if due => {
                     tracing::info!(topology = %base.name, "killed: removing its assignment and state");
-                    self.state.remove_assignment(&base.topology_id).await?;
-                    self.state.remove_errors(&base.topology_id).await?;
-                    self.state.remove_storm(&base.topology_id).await?;
+                    self.state().remove_assignment(&base.topology_id).await?;
+                    self.state().remove_errors(&base.topology_id).await?;
+                    self.state().remove_storm(&base.topology_id).await?;
                     let _ = std::fs::remove_file(self.code_path(&base.topology_id));
                     self.lock_heartbeats().remove(&base.topology_id);
                 }
@@ -287,13 +321,13 @@ impl Nimbus {
                     }
                     base.status = base.prev_status.take().unwrap_or(TopologyStatus::Active);
                     base.action_at_secs = None;
-                    self.state.set_storm(&base).await?;
+                    self.state().set_storm(&base).await?;
                     tracing::info!(topology = %base.name, "rebalancing to {} workers", base.num_workers);
                     self.assign(&base).await?;
                 }
                 TopologyStatus::Killed | TopologyStatus::Rebalancing => {}
                 TopologyStatus::Active | TopologyStatus::Inactive => {
-                    let needs = match self.state.assignment(&base.topology_id).await? {
+                    let needs = match self.state().assignment(&base.topology_id).await? {
                         None => true,
                         Some(a) => a.slots().iter().any(|s| !live.contains(&s.node)),
                     };
@@ -313,7 +347,7 @@ impl Nimbus {
     /// The live topology named `name`.
     pub async fn find(&self, name: &str) -> Result<Option<StormBase>, StateError> {
         Ok(self
-            .state
+            .state()
             .storms()
             .await?
             .into_iter()
