@@ -39,6 +39,8 @@ fn word_count() -> PathBuf {
 
 struct Daemon {
     name: String,
+    what: String,
+    config: PathBuf,
     child: Child,
     log: PathBuf,
 }
@@ -122,7 +124,11 @@ impl TestCluster {
 
     fn spawn(&mut self, what: &str, config: &Path) {
         let log = config.with_file_name(format!("{what}.log"));
-        let out = std::fs::File::create(&log).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new(SQUALL)
             .arg(what)
             .arg("--config")
@@ -133,9 +139,28 @@ impl TestCluster {
             .unwrap();
         self.daemons.push(Daemon {
             name: format!("{what} ({})", config.parent().unwrap().display()),
+            what: what.to_owned(),
+            config: config.to_path_buf(),
             child,
             log,
         });
+    }
+
+    /// Stops Nimbus (SIGTERM) and starts it again with the same config and local dir.
+    fn restart_nimbus(&mut self) {
+        let i = self
+            .daemons
+            .iter()
+            .position(|d| d.what == "nimbus")
+            .unwrap();
+        let mut d = self.daemons.remove(i);
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(d.child.id().to_string())
+            .status();
+        let _ = d.child.wait();
+        self.spawn("nimbus", &d.config);
+        self.wait_for_nimbus();
     }
 
     fn wait_for_nimbus(&self) {
@@ -315,7 +340,7 @@ fn component(info: &TopologyInfo, id: &str) -> squall_cluster::rpc::ComponentSum
 
 #[test]
 fn word_count_on_a_real_cluster() {
-    let c = TestCluster::start();
+    let mut c = TestCluster::start();
     let wc = word_count();
     let wc = wc.to_str().unwrap();
 
@@ -408,6 +433,24 @@ fn word_count_on_a_real_cluster() {
     )
     .executed
         > after_restart + 1000));
+
+    // A restarted Nimbus carries on from ZooKeeper and its local dir.
+    c.restart_nimbus();
+    let list = stdout(&c.squall(&["list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("wc ") && l.contains("ACTIVE")),
+        "{list}"
+    );
+    assert!(
+        wait_until(PATIENCE, || c.info("wc").is_some_and(|i| component(
+            &i, "count"
+        )
+        .executed
+            > 1000)),
+        "no counts after Nimbus restarted:\n{}",
+        c.logs()
+    );
 
     // Rebalance down to one worker, then from one to three while running: it keeps
     // counting and nothing fails.
