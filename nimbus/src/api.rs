@@ -279,6 +279,7 @@ async fn submit(n: &Nimbus, req: SubmitRequest) -> Reply {
     };
     n.state().set_storm(&base).await.map_err(state_err)?;
     n.assign(&base).await.map_err(internal)?;
+    n.refresh_view().await;
     tracing::info!(topology = %base.name, id = %topology_id, "submitted");
     Ok(json(StatusCode::OK, &SubmitResponse { topology_id }))
 }
@@ -424,6 +425,7 @@ async fn kill(n: &Nimbus, name: &str, req: KillRequest) -> Reply {
     base.status = TopologyStatus::Killed;
     base.action_at_secs = Some(now_secs() + wait);
     n.state().set_storm(&base).await.map_err(state_err)?;
+    n.refresh_view().await;
     tracing::info!(topology = %name, "killing in {wait} s");
     Ok(ok())
 }
@@ -442,6 +444,7 @@ async fn set_status(n: &Nimbus, name: &str, status: TopologyStatus) -> Reply {
     }
     base.status = status;
     n.state().set_storm(&base).await.map_err(state_err)?;
+    n.refresh_view().await;
     Ok(ok())
 }
 
@@ -475,6 +478,7 @@ async fn rebalance(n: &Nimbus, name: &str, cmd: RebalanceCommand) -> Reply {
     base.action_at_secs = Some(now_secs() + wait);
     base.rebalance = Some(cmd.request);
     n.state().set_storm(&base).await.map_err(state_err)?;
+    n.refresh_view().await;
     Ok(ok())
 }
 
@@ -483,19 +487,11 @@ async fn heartbeat(n: &Nimbus, hb: WorkerHeartbeat) -> Reply {
         node: hb.supervisor_id.clone(),
         port: hb.port,
     };
-    let base = n.state().storm(&hb.topology_id).await.map_err(state_err)?;
-    let assignment = n
-        .state()
-        .assignment(&hb.topology_id)
-        .await
-        .map_err(state_err)?;
-    let assigned = assignment
-        .as_ref()
-        .is_some_and(|a| a.version == hb.assignment_version && a.slots().contains(&slot));
-    let status = match (&base, assigned) {
-        (Some(b), true) => Some(b.status),
-        _ => None,
-    };
+    // Answered from the in-memory view (refreshed every second and after every change),
+    // so heartbeats cost ZooKeeper nothing.
+    let status = n.lock_view().get(&hb.topology_id).and_then(|v| {
+        (v.version == hb.assignment_version && v.slots.contains(&slot)).then_some(v.status)
+    });
     for e in &hb.errors {
         if let Err(err) = n.state().add_error(&hb.topology_id, e).await {
             tracing::warn!("cannot record an error of {}: {err}", hb.topology_id);

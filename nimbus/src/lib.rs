@@ -58,7 +58,17 @@ pub(crate) struct TopologyCode {
 /// Latest heartbeat per topology id and worker slot, with when it arrived.
 pub(crate) type Heartbeats = HashMap<String, BTreeMap<WorkerSlot, (Instant, WorkerHeartbeat)>>;
 
+/// What heartbeats are answered from: per topology id, its status, assignment version
+/// and slots.
+pub(crate) struct TopologyView {
+    pub status: TopologyStatus,
+    pub version: u64,
+    pub slots: Vec<WorkerSlot>,
+}
+
 pub(crate) struct Nimbus {
+    /// Status and assignment per topology, as last read from ZooKeeper.
+    view: Mutex<HashMap<String, TopologyView>>,
     /// The ZooKeeper session; replaced when it expires.
     state: std::sync::RwLock<ClusterState>,
     /// Settings to reconnect and re-register with.
@@ -122,6 +132,7 @@ pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), Nimb
         dir,
         lock: tokio::sync::Mutex::new(()),
         heartbeats: Mutex::new(HashMap::new()),
+        view: Mutex::new(HashMap::new()),
     });
     tracing::info!("Nimbus listening on {host}:{port}");
     println!("Nimbus listening on {host}:{port}");
@@ -143,6 +154,7 @@ pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), Nimb
                         if let Err(e) = nimbus.monitor().await {
                             tracing::warn!("monitor: {e}");
                         }
+                        nimbus.refresh_view().await;
                     }
                 }
             }
@@ -338,6 +350,39 @@ impl Nimbus {
             }
         }
         Ok(())
+    }
+
+    pub fn lock_view(&self) -> std::sync::MutexGuard<'_, HashMap<String, TopologyView>> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Re-reads every topology's status and assignment into the heartbeat view.
+    pub async fn refresh_view(&self) {
+        let state = self.state();
+        let (storms, assignments) = match (state.storms().await, state.assignments().await) {
+            (Ok(s), Ok(a)) => (s, a),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("cannot refresh the topology view: {e}");
+                return;
+            }
+        };
+        let view = storms
+            .into_iter()
+            .filter_map(|b| {
+                let a = assignments
+                    .iter()
+                    .find(|a| a.topology_id == b.topology_id)?;
+                Some((
+                    b.topology_id.clone(),
+                    TopologyView {
+                        status: b.status,
+                        version: a.version,
+                        slots: a.slots(),
+                    },
+                ))
+            })
+            .collect();
+        *self.lock_view() = view;
     }
 
     pub fn lock_heartbeats(&self) -> std::sync::MutexGuard<'_, Heartbeats> {
