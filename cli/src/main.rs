@@ -363,3 +363,30 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::hoist_config_flags;
+
+    fn v(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn config_flags_move_in_front_of_the_subcommand() {
+        assert_eq!(
+            hoist_config_flags(v(&[
+                "squall", "jar", "./wc", "name", "-c", "a=1", "--config", "f.yaml", "x"
+            ])),
+            v(&["squall", "-c", "a=1", "--config", "f.yaml", "jar", "./wc", "name", "x"])
+        );
+        assert_eq!(
+            hoist_config_flags(v(&["squall", "list", "-cb=2", "--config=g.yaml"])),
+            v(&["squall", "-cb=2", "--config=g.yaml", "list"])
+        );
+        assert_eq!(
+            hoist_config_flags(v(&["squall", "list"])),
+            v(&["squall", "list"])
+        );
+    }
+}
