@@ -251,7 +251,7 @@ async fn submit(n: &Nimbus, req: SubmitRequest) -> Reply {
         )));
     }
     let launch = now_secs();
-    let counter = storms.len() + 1;
+    let counter = n.next_topology_number().map_err(internal)?;
     let topology_id = format!("{}-{counter}-{launch}", req.name);
     let code = TopologyCode {
         spec: req.spec,

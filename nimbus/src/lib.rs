@@ -185,6 +185,20 @@ impl Nimbus {
         Ok(())
     }
 
+    /// The next topology number (Storm's id counter), kept in the local dir so ids are
+    /// never reused, even across restarts.
+    pub fn next_topology_number(&self) -> Result<u64, NimbusError> {
+        let path = self.dir.join("topology-counter");
+        let n = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        std::fs::write(&path, n.to_string())
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        Ok(n)
+    }
+
     pub fn code_path(&self, topology_id: &str) -> PathBuf {
         self.dir
             .join("topologies")
