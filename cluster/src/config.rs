@@ -70,6 +70,8 @@ pub mod keys {
     pub const UI_PORT: &str = "ui.port";
     /// Data directory of `squall dev-zookeeper`.
     pub const DEV_ZOOKEEPER_PATH: &str = "dev.zookeeper.path";
+    /// The hostname this machine is reached by (default: the system's hostname).
+    pub const STORM_LOCAL_HOSTNAME: &str = "storm.local.hostname";
 }
 
 /// Why a configuration file, text or `-c` override could not be read.

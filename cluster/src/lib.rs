@@ -26,7 +26,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The name other machines reach this one by: `storm.local.hostname` when set, else the
 /// system's hostname, else `localhost`.
 pub fn local_hostname(conf: &squall_api::Config) -> String {
-    if let Ok(Some(h)) = conf.get_str("storm.local.hostname") {
+    if let Ok(Some(h)) = conf.get_str(config::keys::STORM_LOCAL_HOSTNAME) {
         if !h.is_empty() {
             return h.to_owned();
         }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use squall_api::{ComponentId, ComponentKind, TaskId, TaskLayout, Topology};
+use squall_cluster::config::ClusterConfig;
 use squall_cluster::rpc::NimbusClient;
 use squall_cluster::state::{
     now_secs, ErrorInfo, ExecutorHeartbeat, LocalHeartbeat, TopologyStatus, WorkerHeartbeat,
@@ -145,11 +146,9 @@ fn heartbeat_loop(
         .enable_all()
         .build()
         .map_err(|e| fail(format!("cannot start the heartbeat runtime: {e}")))?;
-    let every = Duration::from_secs(
-        conf.get_u64("worker.heartbeat.frequency.secs")?
-            .unwrap_or(1)
-            .max(1),
-    );
+    let every = conf
+        .worker_heartbeat_frequency()?
+        .max(Duration::from_millis(100));
     let started = Instant::now();
     let standalone = launch.nimbus.is_empty();
     let mut active = false;
