@@ -2,6 +2,9 @@
 //! separate processes of the built `squall` binary, WordCount submitted with
 //! `squall jar`, all on free ports.
 
+mod common;
+use common::word_count;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -20,21 +23,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// The WordCount binary, built beside this test (built here if missing).
-fn word_count() -> PathBuf {
-    let dir = std::env::current_exe().unwrap();
-    let debug = dir.parent().unwrap().parent().unwrap().to_path_buf();
-    let bin = debug.join("word-count");
-    if !bin.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "squall-examples", "--bin", "word-count"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
 }
 
 struct Daemon {

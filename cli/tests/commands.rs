@@ -1,21 +1,11 @@
 //! `squall` commands that need no cluster.
 
+mod common;
+use common::word_count;
+
 use std::process::Command;
 
 const SQUALL: &str = env!("CARGO_BIN_EXE_squall");
-
-fn word_count() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("word-count");
-    if !bin.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "squall-examples", "--bin", "word-count"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
-}
 
 #[test]
 fn local_runs_a_topology_binary_for_its_ttl() {

@@ -1,0 +1,18 @@
+//! Helpers shared by the `squall` black-box tests.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The WordCount binary, built beside the tests (built here if missing).
+pub fn word_count() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("word-count");
+    if !bin.is_file() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "squall-examples", "--bin", "word-count"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    bin
+}
