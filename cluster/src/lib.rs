@@ -7,6 +7,7 @@
 //! - [`state`]: what the cluster stores (topology bases, assignments, supervisors,
 //!   heartbeats) and [`zk`] where in ZooKeeper (feature `zk`).
 //! - [`scheduler`]: Nimbus's even scheduler, pure.
+//! - [`secret`]: the cluster secret (`squall.secret.file`) and its checks.
 //! - [`rpc`]: Nimbus's HTTP API: request/answer types and a client; [`http`]: the
 //!   server setup every service uses.
 #![deny(missing_docs)]
@@ -16,6 +17,7 @@ pub mod dev_zookeeper;
 pub mod http;
 pub mod rpc;
 pub mod scheduler;
+pub mod secret;
 pub mod state;
 #[cfg(feature = "zk")]
 pub mod zk;

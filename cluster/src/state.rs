@@ -126,8 +126,14 @@ pub struct Assignment {
     pub node_host: BTreeMap<String, String>,
     /// Start time of each slot's current assignment (seconds since the epoch).
     pub slot_start_secs: BTreeMap<String, u64>,
-    /// Bumped on every re-assignment.
+    /// Bumped on every change of this assignment (an executor moved, a slot added).
     pub version: u64,
+    /// The layout epoch: bumped only when the executors themselves change (a fresh
+    /// schedule, a rebalance). Moving executors to other slots keeps it, so workers whose
+    /// own executors did not move keep running. Workers exchange tuples only with
+    /// workers of the same epoch (the transport hello carries it).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 impl Assignment {
@@ -167,6 +173,12 @@ pub struct SupervisorInfo {
     pub start_time_secs: u64,
     /// Squall version.
     pub version: String,
+    /// Seconds since the epoch of the supervisor's last heartbeat: it rewrites its node
+    /// every `supervisor.heartbeat.frequency.secs`. Nimbus notices the changes with its
+    /// own clock and declares the supervisor dead after `nimbus.supervisor.timeout.secs`
+    /// without one.
+    #[serde(default)]
+    pub heartbeat_secs: u64,
 }
 
 /// `/nimbuses/<host:port>` (ephemeral): a live Nimbus.
@@ -246,6 +258,9 @@ pub struct WorkerHeartbeat {
     pub port: u16,
     /// Assignment version the worker runs.
     pub assignment_version: u64,
+    /// The layout epoch of that assignment ([`Assignment::epoch`]).
+    #[serde(default)]
+    pub epoch: u64,
     /// Seconds since the worker started.
     pub uptime_secs: u64,
     /// Seconds since the epoch.
@@ -256,11 +271,28 @@ pub struct WorkerHeartbeat {
     pub errors: Vec<ErrorInfo>,
 }
 
-/// Nimbus's answer to a heartbeat: the status the worker's spouts should follow.
+/// Nimbus's answer to a worker heartbeat.
+///
+/// JSON: `{"verdict": "assigned", "status": "ACTIVE", "assignment_version": 4}`,
+/// `{"verdict": "not_assigned"}` or `{"verdict": "unknown"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeartbeatResponse {
-    /// `None` when Nimbus does not know the topology (the worker should stop).
-    pub status: Option<TopologyStatus>,
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum HeartbeatResponse {
+    /// The worker's slot runs these executors in the current assignment: its spouts
+    /// follow `status`.
+    Assigned {
+        /// The topology's status.
+        status: TopologyStatus,
+        /// The current assignment version (may be newer than the worker's when other
+        /// executors moved; the worker then re-reads its launch file).
+        assignment_version: u64,
+    },
+    /// Nimbus knows the topology's current assignment and this worker is not part of it
+    /// (killed topology, slot given away, executors moved, other epoch): stop.
+    NotAssigned,
+    /// Nimbus cannot tell yet (just started or took over, or lost ZooKeeper): carry on
+    /// as before and ask again.
+    Unknown,
 }
 
 /// What a supervisor hands a worker process it starts (as a JSON file named by
@@ -285,6 +317,10 @@ pub struct WorkerLaunch {
     pub nimbus: Vec<String>,
     /// The file this worker touches as its heartbeat to the supervisor.
     pub heartbeat_file: std::path::PathBuf,
+    /// The cluster secret's file (`squall.secret.file`), when the cluster has one: every
+    /// Nimbus RPC and worker-to-worker connection must prove knowledge of it.
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 /// What a worker writes into its heartbeat file for the supervisor.
@@ -294,6 +330,9 @@ pub struct LocalHeartbeat {
     pub topology_id: String,
     /// Assignment version.
     pub assignment_version: u64,
+    /// The layout epoch ([`Assignment::epoch`]).
+    #[serde(default)]
+    pub epoch: u64,
     /// Seconds since the epoch.
     pub time_secs: u64,
     /// The worker's process id.

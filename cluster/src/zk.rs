@@ -265,6 +265,18 @@ impl ClusterState {
             .await
     }
 
+    /// Rewrites this supervisor's node (its heartbeat): `Ok(false)` when the node is gone
+    /// (the session lost it), so the caller registers again.
+    pub async fn update_supervisor(&self, info: &SupervisorInfo) -> Result<bool> {
+        let path = self.path(&format!("supervisors/{}", info.id));
+        let data = serde_json::to_vec(info).expect("cluster state serializes");
+        match self.client.set_data(&path, &data, None).await {
+            Ok(_) => Ok(true),
+            Err(zk::Error::NoNode) => Ok(false),
+            Err(e) => Err(Self::zk_err("set", &path)(e)),
+        }
+    }
+
     /// The live supervisors.
     pub async fn supervisors(&self) -> Result<Vec<SupervisorInfo>> {
         self.all("supervisors").await

@@ -64,6 +64,7 @@ fn layout_round_trips_ephemerals_and_error_trimming() {
             node_host: BTreeMap::from([("s1".to_owned(), "h1".to_owned())]),
             slot_start_secs: BTreeMap::new(),
             version: 1,
+            epoch: 1,
         };
         s.set_assignment(&a).await.unwrap();
 
@@ -91,6 +92,7 @@ fn layout_round_trips_ephemerals_and_error_trimming() {
                 ports: vec![6700],
                 start_time_secs: 1,
                 version: "x".into(),
+                heartbeat_secs: 1,
             })
             .await
             .unwrap();

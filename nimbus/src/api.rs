@@ -498,14 +498,21 @@ async fn heartbeat(n: &Nimbus, hb: WorkerHeartbeat) -> Reply {
         }
     }
     if status.is_some() {
-        let mut hb = hb;
+        let mut hb = hb.clone();
         hb.errors.clear();
         n.lock_heartbeats()
             .entry(hb.topology_id.clone())
             .or_default()
             .insert(slot, (Instant::now(), hb));
     }
-    Ok(json(StatusCode::OK, &HeartbeatResponse { status }))
+    let answer = match status {
+        Some(status) => HeartbeatResponse::Assigned {
+            status,
+            assignment_version: hb.assignment_version,
+        },
+        None => HeartbeatResponse::NotAssigned,
+    };
+    Ok(json(StatusCode::OK, &answer))
 }
 
 async fn cluster(n: &Nimbus) -> Reply {

@@ -295,6 +295,7 @@ impl Nimbus {
             node_host,
             slot_start_secs: BTreeMap::new(),
             version: previous.as_ref().map_or(1, |p| p.version + 1),
+            epoch: previous.as_ref().map_or(1, |p| p.epoch + 1),
         };
         for slot in assignment.slots() {
             assignment.slot_start_secs.insert(slot.to_string(), now);

@@ -210,6 +210,7 @@ impl Supervisor {
                 ports: self.ports.clone(),
                 start_time_secs: now_secs(),
                 version: squall_cluster::VERSION.to_owned(),
+                heartbeat_secs: now_secs(),
             })
             .await?;
         Ok(())
@@ -343,6 +344,7 @@ impl Supervisor {
             assignment: a.clone(),
             nimbus: self.nimbus.clone(),
             heartbeat_file: heartbeat_file.clone(),
+            secret_file: None,
         };
         let spec = dir.join("launch.json");
         std::fs::write(

@@ -11,8 +11,8 @@ use squall_api::{ComponentId, ComponentKind, TaskId, TaskLayout, Topology};
 use squall_cluster::config::ClusterConfig;
 use squall_cluster::rpc::NimbusClient;
 use squall_cluster::state::{
-    now_secs, ErrorInfo, ExecutorHeartbeat, LocalHeartbeat, TopologyStatus, WorkerHeartbeat,
-    WorkerLaunch, WorkerSlot,
+    now_secs, ErrorInfo, ExecutorHeartbeat, HeartbeatResponse, LocalHeartbeat, TopologyStatus,
+    WorkerHeartbeat, WorkerLaunch, WorkerSlot,
 };
 
 use crate::runtime::{RuntimePlan, TopologyRuntime};
@@ -186,6 +186,7 @@ fn heartbeat_loop(
         let local = LocalHeartbeat {
             topology_id: launch.topology_id.clone(),
             assignment_version: launch.assignment.version,
+            epoch: launch.assignment.epoch,
             time_secs: now_secs(),
             pid,
             executors: executors.clone(),
@@ -223,6 +224,7 @@ fn heartbeat_loop(
             host: launch.host.clone(),
             port: launch.port,
             assignment_version: launch.assignment.version,
+            epoch: launch.assignment.epoch,
             uptime_secs: started.elapsed().as_secs(),
             time_secs: now_secs(),
             executors,
@@ -240,7 +242,15 @@ fn heartbeat_loop(
         }
         if let Some(r) = answer {
             errors_sent = all_errors.len();
-            match r.status {
+            let status = match r {
+                HeartbeatResponse::Assigned { status, .. } => Some(status),
+                HeartbeatResponse::NotAssigned => None,
+                HeartbeatResponse::Unknown => {
+                    std::thread::sleep(every);
+                    continue;
+                }
+            };
+            match status {
                 Some(TopologyStatus::Active) => {
                     unknown_since = None;
                     if !active {

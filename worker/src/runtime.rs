@@ -436,6 +436,35 @@ impl TopologyRuntime {
         }
     }
 
+    /// A description of the first executor that stopped on its own (its thread ended
+    /// while the runtime was not shutting down), or `None` while all run. A worker
+    /// exits when this is `Some`, so its supervisor restarts it (Storm's worker dies on an
+    /// executor error).
+    pub fn failed_executor(&self) -> Option<String> {
+        if self.shutdown.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.executors.iter().find_map(|e| {
+            e.thread.as_ref().filter(|t| t.is_finished()).map(|_| {
+                format!(
+                    "executor {}[{}-{}] stopped",
+                    e.component, e.tasks.0, e.tasks.1
+                )
+            })
+        })
+    }
+
+    /// Stops like Storm's worker on SIGTERM: spouts are deactivated, in-flight trees get
+    /// up to `grace` to complete, then every executor stops (`close`/`cleanup` run).
+    pub fn stop_gracefully(&mut self, grace: Duration) {
+        self.deactivate();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.shutdown(Duration::from_secs(5));
+    }
+
     /// Stops every executor: spouts are closed and bolts cleaned up. Executors stuck in
     /// user code longer than `grace` are left behind (their threads are detached).
     pub fn shutdown(&mut self, grace: Duration) {

@@ -319,6 +319,7 @@ fn multi_process(a: &Args, name: &str, conf: &Config, topology: &Topology) -> an
         node_host: BTreeMap::from([("perf".to_owned(), "127.0.0.1".to_owned())]),
         slot_start_secs: BTreeMap::new(),
         version: 1,
+        epoch: 1,
     };
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
@@ -334,6 +335,7 @@ fn multi_process(a: &Args, name: &str, conf: &Config, topology: &Topology) -> an
             assignment: assignment.clone(),
             nimbus: Vec::new(),
             heartbeat_file: heartbeat_file.clone(),
+            secret_file: None,
         };
         let spec = dir.join(format!("launch-{}.json", slot.port));
         std::fs::write(&spec, serde_json::to_vec(&launch)?)?;
