@@ -247,6 +247,7 @@ pub struct NimbusClient {
     addr: String,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
     timeout: Duration,
+    secret: Option<crate::secret::Secret>,
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -289,7 +290,20 @@ impl NimbusClient {
             addr: addr.to_owned(),
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout: Duration::from_secs(60),
+            secret: None,
         }
+    }
+
+    /// Proves knowledge of the cluster secret on every request (`Authorization: Bearer`).
+    pub fn with_secret(mut self, secret: Option<crate::secret::Secret>) -> Self {
+        self.secret = secret;
+        self
+    }
+
+    /// Gives up on a request after `timeout` (default 60 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The address.
@@ -299,15 +313,17 @@ impl NimbusClient {
 
     async fn send(&self, method: Method, path: &str, body: Body) -> Result<Bytes, RpcError> {
         let uri = format!("http://{}{PREFIX}{path}", self.addr);
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(&uri)
-            .header("content-type", "application/json")
-            .body(body)
-            .map_err(|e| RpcError::Protocol {
-                addr: self.addr.clone(),
-                reason: e.to_string(),
-            })?;
+            .header("content-type", "application/json");
+        if let Some(s) = &self.secret {
+            req = req.header(crate::secret::AUTHORIZATION, s.bearer());
+        }
+        let req = req.body(body).map_err(|e| RpcError::Protocol {
+            addr: self.addr.clone(),
+            reason: e.to_string(),
+        })?;
         let resp = tokio::time::timeout(self.timeout, self.client.request(req))
             .await
             .map_err(|_| RpcError::Unreachable {
@@ -389,9 +405,11 @@ impl NimbusClient {
     /// Downloads binary `sha` to `dest` (via a temporary file), checking its SHA-256.
     pub async fn download_binary(&self, sha: &str, dest: &Path) -> Result<(), RpcError> {
         let uri = format!("http://{}{PREFIX}/binaries/{sha}", self.addr);
-        let req = Request::get(&uri)
-            .body(full(Bytes::new()))
-            .expect("valid request");
+        let mut req = Request::get(&uri);
+        if let Some(s) = &self.secret {
+            req = req.header(crate::secret::AUTHORIZATION, s.bearer());
+        }
+        let req = req.body(full(Bytes::new())).expect("valid request");
         let resp = self
             .client
             .request(req)
