@@ -7,7 +7,7 @@
 //!    scalars, lists or maps;
 //! 3. each `-c key=value` flag, whose value is read as YAML, so
 //!    `-c supervisor.slots.ports=[6700,6701]` gives a list, `-c topology.workers=3` an
-//!    integer and `-c nimbus.host=zk1` a string.
+//!    integer and `-c storm.local.hostname=host1` a string.
 //!
 //! ```
 //! use squall_cluster::config::{self, ClusterConfig};
@@ -18,6 +18,18 @@
 //!
 //! The typed accessors of [`ClusterConfig`] fall back to the embedded defaults when a key
 //! is missing (or `null`), and name the key when its value has the wrong type.
+//!
+//! Cluster keys are strict: a key in a file or a `-c` override must be one Squall reads
+//! ([`is_known_key`]: every key of `defaults.yaml`, plus the few without a default such
+//! as `storm.local.hostname` and `squall.secret.file`), so a typo is an error naming the
+//! key, where it came from, and the closest known key. Keys starting with `topology.`
+//! stay open: a topology's configuration may hold anything its components read.
+//!
+//! ```
+//! use squall_cluster::config;
+//! let e = config::load(None, &["supervisor.slot.ports=[6700]".to_string()]).unwrap_err();
+//! assert!(e.to_string().contains("did you mean 'supervisor.slots.ports'?"));
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -72,6 +84,91 @@ pub mod keys {
     pub const DEV_ZOOKEEPER_PATH: &str = "dev.zookeeper.path";
     /// The hostname this machine is reached by (default: the system's hostname).
     pub const STORM_LOCAL_HOSTNAME: &str = "storm.local.hostname";
+    /// The file holding the cluster secret (no default: an open cluster).
+    pub const SQUALL_SECRET_FILE: &str = crate::secret::SECRET_FILE_KEY;
+    /// Seconds a worker has to exit after SIGTERM before the supervisor sends SIGKILL.
+    pub const SUPERVISOR_WORKER_SHUTDOWN_SLEEP_SECS: &str = "supervisor.worker.shutdown.sleep.secs";
+    /// Size in bytes at which the supervisor rotates a worker's `worker.log`.
+    pub const WORKER_LOG_MAX_BYTES: &str = "worker.log.max.bytes";
+    /// Rotated worker logs kept per worker.
+    pub const WORKER_LOG_MAX_FILES: &str = "worker.log.max.files";
+    /// Minutes the logs of a topology no longer assigned on a machine are kept.
+    pub const LOGVIEWER_CLEANUP_AGE_MINS: &str = "logviewer.cleanup.age.mins";
+
+    /// Keys Squall reads that have no default in `defaults.yaml`.
+    pub const WITHOUT_DEFAULT: &[&str] = &[STORM_LOCAL_HOSTNAME, SQUALL_SECRET_FILE];
+
+    /// The prefix of topology keys, which stay open (any key is accepted).
+    pub const TOPOLOGY_PREFIX: &str = "topology.";
+}
+
+/// Whether Squall reads `key` from a cluster config: a key of the embedded defaults, one
+/// of [`keys::WITHOUT_DEFAULT`], or any `topology.*` key.
+pub fn is_known_key(key: &str) -> bool {
+    key.starts_with(keys::TOPOLOGY_PREFIX)
+        || defaults().get(key).is_some()
+        || keys::WITHOUT_DEFAULT.contains(&key)
+}
+
+/// Every cluster key Squall reads (not counting the open `topology.*` keys), sorted.
+pub fn known_keys() -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = defaults()
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| !k.starts_with(keys::TOPOLOGY_PREFIX))
+        .chain(keys::WITHOUT_DEFAULT.iter().copied())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// The known key closest to `key` by edit distance, when it is close enough to be a typo.
+pub fn closest_known_key(key: &str) -> Option<&'static str> {
+    let limit = (key.chars().count() / 4).clamp(1, 4);
+    known_keys()
+        .into_iter()
+        .map(|k| (edit_distance(key, k), k))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// Refuses keys of `conf` that Squall does not read (see [`is_known_key`]).
+fn check_keys(conf: &Config, origin: &str) -> Result<(), ConfigFileError> {
+    match conf.iter().find(|(k, _)| !is_known_key(k)) {
+        None => Ok(()),
+        Some((key, _)) => Err(ConfigFileError::UnknownKey {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            hint: match closest_known_key(key) {
+                Some(k) => format!("did you mean '{k}'?"),
+                None => format!(
+                    "Squall's cluster keys are listed in its defaults.yaml; topology settings \
+                     start with '{}'",
+                    keys::TOPOLOGY_PREFIX
+                ),
+            },
+        }),
+    }
 }
 
 /// Why a configuration file, text or `-c` override could not be read.
@@ -158,13 +255,24 @@ pub enum ConfigFileError {
         /// The override as given.
         arg: String,
     },
+    /// A key Squall does not read (most likely a typo).
+    #[error("{origin}: unknown config key '{key}'; {hint}")]
+    UnknownKey {
+        /// Where the key came from (a file path, `-c key=value`, …).
+        origin: String,
+        /// The key.
+        key: String,
+        /// The closest known key, or where the known keys are listed.
+        hint: String,
+    },
 }
 
 /// Reads the cluster configuration: the embedded defaults, then `config_file` (a
 /// `storm.yaml`-style file) if given, then each `-c key=value` override in order.
 ///
 /// Override values are parsed as YAML: `[6700,6701]` is a list, `3` an integer, `true` a
-/// boolean, `"3"` and bare words strings, an empty value `null`.
+/// boolean, `"3"` and bare words strings, an empty value `null`. A key Squall does not
+/// read is refused ([`ConfigFileError::UnknownKey`]), except `topology.*` keys.
 pub fn load(config_file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigFileError> {
     let mut conf = defaults().clone();
     if let Some(path) = config_file {
@@ -172,20 +280,31 @@ pub fn load(config_file: Option<&Path>, overrides: &[String]) -> Result<Config, 
             path: path.to_owned(),
             source,
         })?;
-        conf.merge(&parse_map(&text, &path.display().to_string())?);
+        let origin = path.display().to_string();
+        let file = parse_map(&text, &origin)?;
+        check_keys(&file, &origin)?;
+        conf.merge(&file);
     }
     for arg in overrides {
         let (key, value) = parse_override(arg)?;
+        if !is_known_key(&key) {
+            let mut one = Config::new();
+            one.set(key.clone(), Value::Null);
+            check_keys(&one, &format!("-c {arg}"))?;
+        }
         conf.set(key, value);
     }
     Ok(conf)
 }
 
 /// Reads YAML text (a map of dotted keys to values) over the embedded defaults; for
-/// tests and for configuration that does not come from a file.
+/// tests and for configuration that does not come from a file. Keys are checked as
+/// [`load`] checks them.
 pub fn load_str(yaml: &str) -> Result<Config, ConfigFileError> {
     let mut conf = defaults().clone();
-    conf.merge(&parse_map(yaml, "config text")?);
+    let text = parse_map(yaml, "config text")?;
+    check_keys(&text, "config text")?;
+    conf.merge(&text);
     Ok(conf)
 }
 
@@ -387,6 +506,14 @@ pub trait ClusterConfig {
     fn supervisor_heartbeat_frequency(&self) -> Result<Duration, ConfigError>;
     /// `worker.heartbeat.frequency.secs`.
     fn worker_heartbeat_frequency(&self) -> Result<Duration, ConfigError>;
+    /// `supervisor.worker.shutdown.sleep.secs`: SIGTERM to SIGKILL.
+    fn supervisor_worker_shutdown_sleep(&self) -> Result<Duration, ConfigError>;
+    /// `worker.log.max.bytes` (positive).
+    fn worker_log_max_bytes(&self) -> Result<u64, ConfigError>;
+    /// `worker.log.max.files` (positive).
+    fn worker_log_max_files(&self) -> Result<u32, ConfigError>;
+    /// `logviewer.cleanup.age.mins`: how long logs of a topology gone from a machine stay.
+    fn logviewer_cleanup_age(&self) -> Result<Duration, ConfigError>;
     /// `ui.port` (0 asks the OS for a free port).
     fn ui_port(&self) -> Result<u16, ConfigError>;
     /// `dev.zookeeper.path`: the data directory of `squall dev-zookeeper`.
@@ -513,6 +640,28 @@ impl ClusterConfig for Config {
         secs(self, keys::WORKER_HEARTBEAT_FREQUENCY_SECS)
     }
 
+    fn supervisor_worker_shutdown_sleep(&self) -> Result<Duration, ConfigError> {
+        secs(self, keys::SUPERVISOR_WORKER_SHUTDOWN_SLEEP_SECS)
+    }
+
+    fn worker_log_max_bytes(&self) -> Result<u64, ConfigError> {
+        positive(self, keys::WORKER_LOG_MAX_BYTES)
+    }
+
+    fn worker_log_max_files(&self) -> Result<u32, ConfigError> {
+        let key = keys::WORKER_LOG_MAX_FILES;
+        let v = lookup(self, key);
+        match as_u64(v) {
+            Some(n @ 1..=1000) => Ok(n as u32),
+            _ => Err(invalid(key, "an integer between 1 and 1000", v)),
+        }
+    }
+
+    fn logviewer_cleanup_age(&self) -> Result<Duration, ConfigError> {
+        let mins = positive(self, keys::LOGVIEWER_CLEANUP_AGE_MINS)?;
+        Ok(Duration::from_secs(mins.saturating_mul(60)))
+    }
+
     fn ui_port(&self) -> Result<u16, ConfigError> {
         port(self, keys::UI_PORT, 0)
     }
@@ -522,6 +671,8 @@ impl ClusterConfig for Config {
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {
+        self.get_str(keys::STORM_LOCAL_HOSTNAME)?;
+        self.get_str(keys::SQUALL_SECRET_FILE)?;
         self.zookeeper_connect_string()?;
         self.zookeeper_root()?;
         self.zookeeper_session_timeout()?;
@@ -538,6 +689,10 @@ impl ClusterConfig for Config {
         self.supervisor_monitor_frequency()?;
         self.supervisor_heartbeat_frequency()?;
         self.worker_heartbeat_frequency()?;
+        self.supervisor_worker_shutdown_sleep()?;
+        self.worker_log_max_bytes()?;
+        self.worker_log_max_files()?;
+        self.logviewer_cleanup_age()?;
         self.ui_port()?;
         self.dev_zookeeper_path()?;
         Ok(())
@@ -691,6 +846,16 @@ mod tests {
             c.worker_heartbeat_frequency().unwrap(),
             Duration::from_secs(1)
         );
+        assert_eq!(
+            c.supervisor_worker_shutdown_sleep().unwrap(),
+            Duration::from_secs(3)
+        );
+        assert_eq!(c.worker_log_max_bytes().unwrap(), 100 << 20);
+        assert_eq!(c.worker_log_max_files().unwrap(), 5);
+        assert_eq!(
+            c.logviewer_cleanup_age().unwrap(),
+            Duration::from_secs(7 * 24 * 3600)
+        );
         assert_eq!(c.ui_port().unwrap(), 8080);
         assert_eq!(
             c.dev_zookeeper_path().unwrap(),
@@ -737,6 +902,10 @@ mod tests {
             keys::SUPERVISOR_MONITOR_FREQUENCY_SECS,
             keys::SUPERVISOR_HEARTBEAT_FREQUENCY_SECS,
             keys::WORKER_HEARTBEAT_FREQUENCY_SECS,
+            keys::SUPERVISOR_WORKER_SHUTDOWN_SLEEP_SECS,
+            keys::WORKER_LOG_MAX_BYTES,
+            keys::WORKER_LOG_MAX_FILES,
+            keys::LOGVIEWER_CLEANUP_AGE_MINS,
             keys::UI_PORT,
             keys::DEV_ZOOKEEPER_PATH,
             squall_api::config::keys::TOPOLOGY_MESSAGE_TIMEOUT_SECS,
@@ -747,7 +916,7 @@ mod tests {
     }
 
     #[test]
-    fn file_overrides_defaults_and_keeps_unknown_keys() {
+    fn file_overrides_defaults_and_keeps_topology_keys() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(
             f,
@@ -755,60 +924,73 @@ mod tests {
              storm.zookeeper.servers:\n  - \"zk1\"\n  - \"zk2\"\n\
              storm.zookeeper.port: 2182\n\
              nimbus.seeds: [\"n1\"]\n\
+             storm.local.hostname: host1\n\
+             squall.secret.file: /etc/squall/secret\n\
              topology.debug: true\n\
-             my.ratio: 0.5\n\
-             my.nothing: ~\n\
-             my.map: {{a: 1, b: [x, y]}}"
+             topology.my.ratio: 0.5\n\
+             topology.my.nothing: ~\n\
+             topology.my.map: {{a: 1, b: [x, y]}}"
         )
         .unwrap();
         let c = load(Some(f.path()), &[]).unwrap();
         assert_eq!(c.zookeeper_connect_string().unwrap(), "zk1:2182,zk2:2182");
         assert_eq!(c.nimbus_seeds().unwrap(), vec!["n1"]);
+        assert_eq!(crate::local_hostname(&c), "host1");
         assert_eq!(c.get("topology.debug"), Some(&Value::Bool(true)));
-        assert_eq!(c.get("my.ratio"), Some(&Value::Float(0.5)));
-        assert_eq!(c.get("my.nothing"), Some(&Value::Null));
+        assert_eq!(c.get("topology.my.ratio"), Some(&Value::Float(0.5)));
+        assert_eq!(c.get("topology.my.nothing"), Some(&Value::Null));
         let mut m = BTreeMap::new();
         m.insert("a".to_string(), Value::Int(1));
         m.insert("b".to_string(), list(&["x".into(), "y".into()]));
-        assert_eq!(c.get("my.map"), Some(&Value::Map(m)));
+        assert_eq!(c.get("topology.my.map"), Some(&Value::Map(m)));
         // Untouched keys keep their defaults.
         assert_eq!(c.ui_port().unwrap(), 8080);
+        c.validate_cluster().unwrap();
     }
 
     #[test]
-    fn overrides_are_yaml_and_apply_last_in_order() {
+    fn unknown_keys_are_refused_naming_the_key_the_origin_and_a_close_known_key() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        writeln!(f, "topology.workers: 2\nui.port: 9090").unwrap();
-        let c = load(
-            Some(f.path()),
-            &ov(&[
-                "supervisor.slots.ports=[6700,6701]",
-                "topology.workers=3",
-                "nimbus.seeds=[\"a\",\"b\"]",
-                "nimbus.host=some-host",
-                "my.quoted=\"42\"",
-                "my.flag=false",
-                "my.float=1.5",
-                "my.empty=",
-                "my.eq=a=b",
-                " my.spaced = 7 ",
-                "ui.port=1000",
-                "ui.port=2000",
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.supervisor_slot_ports().unwrap(), vec![6700, 6701]);
-        assert_eq!(c.get("topology.workers"), Some(&Value::Int(3)));
-        assert_eq!(c.num_workers().unwrap(), 3);
-        assert_eq!(c.nimbus_seeds().unwrap(), vec!["a", "b"]);
-        assert_eq!(c.get("nimbus.host"), Some(&Value::from("some-host")));
-        assert_eq!(c.get("my.quoted"), Some(&Value::from("42")));
-        assert_eq!(c.get("my.flag"), Some(&Value::Bool(false)));
-        assert_eq!(c.get("my.float"), Some(&Value::Float(1.5)));
-        assert_eq!(c.get("my.empty"), Some(&Value::Null));
-        assert_eq!(c.get("my.eq"), Some(&Value::from("a=b")));
-        assert_eq!(c.get("my.spaced"), Some(&Value::Int(7)));
-        assert_eq!(c.ui_port().unwrap(), 2000);
+        writeln!(f, "nimbus.seeds: [n1]\nsupervisor.slot.ports: [6700, 6701]").unwrap();
+        let e = load(Some(f.path()), &[]).unwrap_err();
+        assert!(
+            matches!(&e, ConfigFileError::UnknownKey { key, .. } if key == "supervisor.slot.ports")
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: unknown config key 'supervisor.slot.ports'; did you mean \
+                 'supervisor.slots.ports'?",
+                f.path().display()
+            )
+        );
+        // The same typo as a -c override names the override.
+        let e = load(None, &ov(&["supervisor.slot.ports=[6700]"])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "-c supervisor.slot.ports=[6700]: unknown config key 'supervisor.slot.ports'; \
+             did you mean 'supervisor.slots.ports'?"
+        );
+        // Keys without a default are known too; a key far from every known one says
+        // where the known keys are.
+        assert_eq!(
+            closest_known_key("squall.secret.fil"),
+            Some("squall.secret.file")
+        );
+        assert_eq!(
+            closest_known_key("logviewer.cleanup.age.min"),
+            Some("logviewer.cleanup.age.mins")
+        );
+        let e = load_str("my.own.setting: 1").unwrap_err();
+        assert!(e.to_string().starts_with("config text: unknown config key 'my.own.setting'; Squall's cluster keys are listed in its defaults.yaml"), "{e}");
+        assert!(load(None, &ov(&["nimbus.host=h"])).is_err());
+        // Every known key is read by something: it has an accessor or a reader.
+        for key in known_keys() {
+            assert!(is_known_key(key));
+            assert!(!key.starts_with("topology."), "{key}");
+        }
+        assert!(known_keys().contains(&"storm.local.hostname"));
+        assert!(is_known_key("topology.anything.at.all"));
     }
 
     #[test]
@@ -835,8 +1017,8 @@ mod tests {
             matches!(e, ConfigFileError::MultipleDocuments { .. }),
             "{e:?}"
         );
-        let e = load(None, &ov(&["my.alias=*x"])).unwrap_err();
-        assert!(e.to_string().contains("-c my.alias=*x"), "{e}");
+        let e = load(None, &ov(&["topology.alias=*x"])).unwrap_err();
+        assert!(e.to_string().contains("-c topology.alias=*x"), "{e}");
     }
 
     #[test]
@@ -884,8 +1066,11 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("config text: config key 42 is not a string"));
-        let e = load_str("my.map: {1: a}\n").unwrap_err();
-        assert!(e.to_string().contains("1 (in the map of 'my.map')"), "{e}");
+        let e = load_str("topology.map: {1: a}\n").unwrap_err();
+        assert!(
+            e.to_string().contains("1 (in the map of 'topology.map')"),
+            "{e}"
+        );
         let e = load_str("a: 1\n---\nb: 2\n").unwrap_err();
         assert!(matches!(
             e,
@@ -899,8 +1084,8 @@ mod tests {
         );
         assert!(e.to_string().contains("duplicated key"), "{e}");
         // Anchors and aliases are resolved.
-        let c = load_str("a: &x [1]\nb: *x\n").unwrap();
-        assert_eq!(c.get("b"), Some(&list(&[Value::Int(1)])));
+        let c = load_str("topology.a: &x [1]\ntopology.b: *x\n").unwrap();
+        assert_eq!(c.get("topology.b"), Some(&list(&[Value::Int(1)])));
     }
 
     #[test]
