@@ -119,7 +119,7 @@ mod tests {
             overall: Duration::from_secs(600),
             stall: Duration::from_millis(300),
         };
-        let e = download(&[addr.clone()], None, "abc", &dest, limits)
+        let e = download(std::slice::from_ref(&addr), None, "abc", &dest, limits)
             .await
             .unwrap_err();
         let msg = e.to_string();
