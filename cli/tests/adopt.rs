@@ -1,0 +1,243 @@
+//! A supervisor killed with SIGKILL and started again (an upgrade, a crash) adopts the
+//! workers it left running instead of restarting them, and still stops them gracefully
+//! when they are no longer assigned. Real processes: ZooKeeper, Nimbus and the supervisor
+//! from the built `squall` binary, WordCount as the topology.
+
+mod common;
+use common::word_count;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use squall_cluster::dev_zookeeper::ZooKeeperServer;
+use squall_cluster::rpc::NimbusClient;
+use squall_cluster::state::LocalHeartbeat;
+
+const SQUALL: &str = env!("CARGO_BIN_EXE_squall");
+const PATIENCE: Duration = Duration::from_secs(90);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cond()
+}
+
+/// Kills the daemons on drop (SIGTERM, then SIGKILL).
+struct Daemons(Vec<Child>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for c in self.0.iter().rev() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+        }
+        for c in self.0.iter_mut().rev() {
+            let end = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < end && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(what: &str, config: &Path, log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(SQUALL)
+        .arg(what)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .unwrap()
+}
+
+/// Live worker pids, from the heartbeat files under `dir`.
+fn worker_pids(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "heartbeat") {
+                let hb = std::fs::read(&p)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<LocalHeartbeat>(&b).ok());
+                if let Some(hb) = hb {
+                    if alive(hb.pid) {
+                        pids.push(hb.pid);
+                    }
+                }
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+/// Running and not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
+}
+
+fn counted(client: &NimbusClient) -> u64 {
+    block(client.info("wc"))
+        .ok()
+        .and_then(|i| i.components.into_iter().find(|c| c.id == "count"))
+        .map_or(0, |c| c.executed)
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+#[test]
+fn a_restarted_supervisor_adopts_its_running_workers() {
+    let zk = ZooKeeperServer::start_temp().expect("ZooKeeper starts");
+    let dir = tempfile::tempdir().unwrap();
+    let nimbus_port = free_port();
+    let base = format!(
+        "storm.zookeeper.servers: [\"127.0.0.1\"]\n\
+         storm.zookeeper.port: {}\n\
+         storm.zookeeper.session.timeout: 10000\n\
+         nimbus.seeds: [\"127.0.0.1\"]\n\
+         nimbus.thrift.port: {nimbus_port}\n\
+         storm.local.hostname: 127.0.0.1\n\
+         supervisor.monitor.frequency.secs: 1\n\
+         supervisor.heartbeat.frequency.secs: 1\n",
+        zk.port()
+    );
+    let config = |name: &str, extra: &str| -> PathBuf {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("storm.yaml");
+        let local = d.join("local");
+        std::fs::write(
+            &f,
+            format!("{base}storm.local.dir: {}\n{extra}", local.display()),
+        )
+        .unwrap();
+        f
+    };
+    let nimbus_conf = config("nimbus", "");
+    let sup_conf = config(
+        "sup",
+        &format!(
+            "supervisor.slots.ports: [{}, {}]\n",
+            free_port(),
+            free_port()
+        ),
+    );
+    let sup_dir = dir.path().join("sup");
+    let sup_log = sup_dir.join("supervisor.log");
+    let mut daemons = Daemons(vec![spawn(
+        "nimbus",
+        &nimbus_conf,
+        &dir.path().join("nimbus/nimbus.log"),
+    )]);
+    let client = NimbusClient::new(&format!("127.0.0.1:{nimbus_port}"));
+    assert!(wait_until(PATIENCE, || block(client.list()).is_ok()));
+    daemons.0.push(spawn("supervisor", &sup_conf, &sup_log));
+
+    let out = Command::new(SQUALL)
+        .arg("jar")
+        .arg(word_count())
+        .args(["wc", "--workers", "2", "--rate", "2000", "--config"])
+        .arg(&nimbus_conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(PATIENCE, || worker_pids(&sup_dir).len() == 2
+            && counted(&client) > 0),
+        "the workers did not start:\n{}",
+        tail(&sup_log)
+    );
+    let pids = worker_pids(&sup_dir);
+
+    // SIGKILL the supervisor: its workers keep running (own process group, output in
+    // files, no pipe to the dead supervisor).
+    let mut old = daemons.0.pop().unwrap();
+    old.kill().unwrap();
+    old.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        pids.iter().all(|&p| alive(p)),
+        "workers died with the supervisor"
+    );
+
+    // Started again, it adopts them: the same pids ten seconds later, counts growing.
+    daemons.0.push(spawn("supervisor", &sup_conf, &sup_log));
+    assert!(
+        wait_until(PATIENCE, || tail(&sup_log)
+            .contains("adopted running worker")),
+        "{}",
+        tail(&sup_log)
+    );
+    let before = counted(&client);
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(
+        worker_pids(&sup_dir),
+        pids,
+        "workers were restarted instead of adopted:\n{}",
+        tail(&sup_log)
+    );
+    assert!(
+        wait_until(PATIENCE, || counted(&client) > before + 1000),
+        "counts stopped growing after the adoption:\n{}",
+        tail(&sup_log)
+    );
+
+    // An adopted worker no longer assigned is stopped (by pid: SIGTERM, then SIGKILL).
+    let out = Command::new(SQUALL)
+        .args(["kill", "wc", "-w", "1", "--config"])
+        .arg(&nimbus_conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(PATIENCE, || pids.iter().all(|&p| !alive(p))),
+        "adopted workers survived the kill:\n{}",
+        tail(&sup_log)
+    );
+    drop(daemons);
+    drop(zk);
+}
