@@ -287,7 +287,20 @@ pub enum RpcError {
     },
 }
 
+/// Ends the reason of an [`RpcError::Unreachable`] that a Nimbus gave because no leader
+/// is elected yet.
+const NO_LEADER: &str = "(no leader elected yet)";
+
+/// The environment variable naming the cluster secret's file for a topology binary
+/// started by `squall jar` (its submitter sends the secret to Nimbus).
+pub const SECRET_FILE_ENV: &str = "SQUALL_SECRET_FILE";
+
 impl RpcError {
+    /// Whether the Nimbus answered but no leader is elected yet (worth retrying soon).
+    pub fn is_no_leader(&self) -> bool {
+        matches!(self, RpcError::Unreachable { reason, .. } if reason.ends_with(NO_LEADER))
+    }
+
     /// The HTTP status for API errors.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -434,7 +447,10 @@ impl NimbusClient {
                 {
                     return match not_leader.leader {
                         Some(leader) if leader != addr => Err(Ok(Some(leader))),
-                        _ => Err(Err(unreachable(not_leader.error))),
+                        _ => Err(Err(unreachable(format!(
+                            "{} {NO_LEADER}",
+                            not_leader.error
+                        )))),
                     };
                 }
             }
@@ -475,7 +491,7 @@ impl NimbusClient {
             Err(Err(e)) => Err(e),
             Err(Ok(_)) => Err(RpcError::Unreachable {
                 addr: leader,
-                reason: "it is not the leader either (a leader election is under way)".into(),
+                reason: format!("it is not the leader either {NO_LEADER}"),
             }),
         }
     }
