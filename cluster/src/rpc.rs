@@ -21,7 +21,8 @@
 //! Any Nimbus answers reads (list, info, cluster, binary download); a standby answers
 //! writes (and `HEAD` of a binary, which precedes an upload) with `503` and
 //! `{"error": "this Nimbus (h:p) is not the leader; the leader is h2:p2", "leader": "h2:p2"}`
-//! (`"leader": null` while no leader is known). [`NimbusClient`] follows such an answer
+//! (`"leader": null` while no leader is known) and the leader in the `x-squall-leader`
+//! header ([`LEADER_HEADER`]). [`NimbusClient`] follows such an answer
 //! to the leader once, transparently; when there is no leader to follow it reports
 //! [`RpcError::Unreachable`], so callers walking a seed list ([`nimbus_addresses`]) try
 //! the next one.
@@ -206,7 +207,11 @@ pub struct ApiError {
     pub error: String,
 }
 
-/// A standby Nimbus's answer to a write: `503` with this body.
+/// The header of a standby's `503` naming the leader (empty while none is known); it
+/// makes the redirect readable in answers without a body (`HEAD`).
+pub const LEADER_HEADER: &str = "x-squall-leader";
+
+/// A standby Nimbus's answer to a write: `503` with this body and [`LEADER_HEADER`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotLeader {
     /// What is wrong, naming this Nimbus and the leader.
@@ -434,26 +439,25 @@ impl NimbusClient {
         if status.is_success() {
             return Ok(resp);
         }
+        let leader_header = resp
+            .headers()
+            .get(LEADER_HEADER)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned());
         let bytes = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| Err(unreachable(e.to_string())))?
             .to_bytes();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            if let Ok(not_leader) = serde_json::from_slice::<NotLeader>(&bytes) {
-                if serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .is_ok_and(|v| v.get("leader").is_some())
-                {
-                    return match not_leader.leader {
-                        Some(leader) if leader != addr => Err(Ok(Some(leader))),
-                        _ => Err(Err(unreachable(format!(
-                            "{} {NO_LEADER}",
-                            not_leader.error
-                        )))),
-                    };
-                }
-            }
+        if let (StatusCode::SERVICE_UNAVAILABLE, Some(leader)) = (status, leader_header) {
+            return if !leader.is_empty() && leader != addr {
+                Err(Ok(Some(leader)))
+            } else {
+                let why = serde_json::from_slice::<NotLeader>(&bytes)
+                    .map(|e| e.error)
+                    .unwrap_or_else(|_| "this Nimbus is not the leader".to_owned());
+                Err(Err(unreachable(format!("{why} {NO_LEADER}"))))
+            };
         }
         let message = if method == Method::HEAD {
             format!("{status}")

@@ -17,7 +17,7 @@ use squall_cluster::http::{error, json, read_body, Body, Handler, PeerAddr};
 use squall_cluster::rpc::{
     decode, hex, ClusterSummary, ComponentSummary, KillRequest, NotLeader, RebalanceCommand,
     SubmitRequest, SubmitResponse, SupervisorSummary, TopologyInfo, TopologySummary, WorkerSummary,
-    PREFIX,
+    LEADER_HEADER, PREFIX,
 };
 use squall_cluster::secret::{AUTHORIZATION, SECRET_FILE_KEY};
 use squall_cluster::state::{
@@ -99,14 +99,14 @@ async fn route(n: &Arc<Nimbus>, req: Request<Incoming>) -> Reply {
         || method == Method::PUT
         || (method == Method::HEAD && matches!(segs.as_slice(), ["binaries", _]));
     if write && !n.is_leader() {
-        return Err(not_leader(n));
+        return Err(not_leader(n).await);
     }
     match (&method, segs.as_slice()) {
         (&Method::PUT, ["binaries", sha]) => upload(n, sha, req).await,
         (&Method::GET, ["binaries", sha]) => {
             if !n.is_leader() && valid_sha(sha).is_ok() && !exists(&n.binary_path(sha)) {
                 // A standby that has not copied it yet: the leader has it.
-                return Err(not_leader(n));
+                return Err(not_leader(n).await);
             }
             download(n, sha).await
         }
@@ -144,9 +144,21 @@ async fn route(n: &Arc<Nimbus>, req: Request<Incoming>) -> Reply {
 }
 
 /// A standby's answer to a write: 503, naming the leader when one is known.
-fn not_leader(n: &Nimbus) -> Response<Body> {
-    let leader = n.known_leader();
-    json(
+async fn not_leader(n: &Nimbus) -> Response<Body> {
+    let leader = match n.known_leader() {
+        Some(l) => Some(l),
+        // Not looked up yet (just started): ask ZooKeeper.
+        None if !n.is_leader() => n
+            .state()
+            .leader()
+            .await
+            .ok()
+            .flatten()
+            .filter(|l| *l != n.addr),
+        None => None,
+    };
+    let header = leader.clone().unwrap_or_default();
+    let mut resp = json(
         StatusCode::SERVICE_UNAVAILABLE,
         &NotLeader {
             error: format!(
@@ -156,7 +168,11 @@ fn not_leader(n: &Nimbus) -> Response<Body> {
             ),
             leader,
         },
-    )
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&header) {
+        resp.headers_mut().insert(LEADER_HEADER, v);
+    }
+    resp
 }
 
 fn name_of(segment: &str) -> Result<String, Response<Body>> {
