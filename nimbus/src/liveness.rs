@@ -33,12 +33,15 @@ struct SupervisorSeen {
     present: bool,
 }
 
+/// A slot's executors (first, last task), sorted, and since when it has had them.
+type SlotSince = (Vec<(u32, u32)>, Instant);
+
 /// What this Nimbus has seen since it became the leader.
 pub(crate) struct Liveness {
     start: Instant,
     supervisors: HashMap<String, SupervisorSeen>,
     /// Per topology and slot: the slot's executors (first, last task) and since when.
-    slots: HashMap<String, BTreeMap<WorkerSlot, (Vec<(u32, u32)>, Instant)>>,
+    slots: HashMap<String, BTreeMap<WorkerSlot, SlotSince>>,
 }
 
 impl Liveness {
