@@ -285,8 +285,10 @@ mod tests {
         let moved = assignment(&[(slot("a", 1), 1), (slot("a", 2), 2), (slot("a", 2), 3)]);
         l.observe_assignment(t0 + secs(27), &moved);
         l.observe_supervisors(t0 + secs(40), &[sup("a", 40)]);
+        hb.insert(slot("a", 1), t0 + secs(40));
         assert!(l.dead_slots(&moved, &hb, t0 + secs(40), &T).is_empty());
         l.observe_supervisors(t0 + secs(48), &[sup("a", 48)]);
+        hb.insert(slot("a", 1), t0 + secs(48));
         assert_eq!(
             l.dead_slots(&moved, &hb, t0 + secs(48), &T),
             BTreeSet::from([slot("a", 2)])
