@@ -9,8 +9,11 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use squall_api::Config;
-use squall_cluster::config::{self, ClusterConfig};
-use squall_cluster::rpc::{NimbusClient, RebalanceCommand, RpcError};
+use squall_cluster::config;
+use squall_cluster::rpc::{
+    nimbus_addresses, NimbusClient, RebalanceCommand, RpcError, SECRET_FILE_ENV,
+};
+use squall_cluster::secret::{Secret, SECRET_FILE_KEY};
 use squall_cluster::state::RebalanceRequest;
 use squall_worker::submitter::{CONF_ENV, LAUNCH_ENV, LOCAL_TTL_ENV, NIMBUS_ENV};
 use tokio_util::sync::CancellationToken;
@@ -115,15 +118,6 @@ fn overrides_json(cli: &Cli) -> anyhow::Result<String> {
     Ok(serde_json::to_string(&c)?)
 }
 
-fn nimbus_addrs(conf: &Config) -> anyhow::Result<Vec<String>> {
-    let port = conf.nimbus_port()?;
-    Ok(conf
-        .nimbus_seeds()?
-        .into_iter()
-        .map(|h| format!("{h}:{port}"))
-        .collect())
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -131,25 +125,35 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Runs `f` against the first Nimbus that answers.
+/// Runs `f` against the first Nimbus of `nimbus.seeds` that answers (a standby passes
+/// writes on to the leader), with the cluster secret when one is configured. While a
+/// leader election is under way, tries again for up to 15 s.
 fn with_nimbus<T>(
     conf: &Config,
     f: impl AsyncFn(&NimbusClient) -> Result<T, RpcError>,
 ) -> anyhow::Result<T> {
     let rt = runtime()?;
-    let mut last = None;
-    for addr in nimbus_addrs(conf)? {
-        let client = NimbusClient::new(&addr);
-        match rt.block_on(f(&client)) {
-            Ok(v) => return Ok(v),
-            Err(e @ RpcError::Unreachable { .. }) => last = Some(e),
-            Err(e) => return Err(e.into()),
+    let secret = Secret::load(conf)?;
+    let addrs = nimbus_addresses(conf)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let mut last = None;
+        for addr in &addrs {
+            let client = NimbusClient::new(addr).with_secret(secret.clone());
+            match rt.block_on(f(&client)) {
+                Ok(v) => return Ok(v),
+                Err(e @ RpcError::Unreachable { .. }) => last = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match last {
+            Some(e) if e.is_no_leader() && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Some(e) => return Err(e.into()),
+            None => bail!("no Nimbus configured in nimbus.seeds"),
         }
     }
-    Err(last.map_or_else(
-        || anyhow!("no Nimbus configured in nimbus.seeds"),
-        Into::into,
-    ))
 }
 
 fn run_binary(binary: &Path, args: &[String], envs: &[(&str, String)]) -> anyhow::Result<ExitCode> {
@@ -205,16 +209,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let conf = load_config(&cli)?;
     match &cli.cmd {
         Cmd::Jar { binary, args } => {
-            let nimbus = nimbus_addrs(&conf)?.join(",");
-            run_binary(
-                binary,
-                args,
-                &[
-                    (LAUNCH_ENV, "submit".into()),
-                    (NIMBUS_ENV, nimbus),
-                    (CONF_ENV, overrides_json(&cli)?),
-                ],
-            )
+            let nimbus = nimbus_addresses(&conf)?.join(",");
+            let mut envs = vec![
+                (LAUNCH_ENV, "submit".into()),
+                (NIMBUS_ENV, nimbus),
+                (CONF_ENV, overrides_json(&cli)?),
+            ];
+            // The submitter proves knowledge of the secret; check it is usable here.
+            if Secret::load(&conf)?.is_some() {
+                if let Some(file) = conf.get_str(SECRET_FILE_KEY)? {
+                    envs.push((SECRET_FILE_ENV, file.trim().to_owned()));
+                }
+            }
+            run_binary(binary, args, &envs)
         }
         Cmd::Local {
             local_ttl,

@@ -24,6 +24,10 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error
 /// Requests served at once per service; more wait.
 const MAX_CONCURRENT: usize = 256;
 
+/// The peer's address, in every request's extensions (for logs of refused requests).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
 /// A handler: request in, response out (errors are responses too).
 pub type Handler = Arc<
     dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
@@ -82,7 +86,8 @@ pub async fn serve(listener: TcpListener, handler: Handler, shutdown: Cancellati
         let svc = svc.clone();
         let shutdown = shutdown.clone();
         conns.spawn(async move {
-            let hyper_svc = hyper::service::service_fn(move |req| {
+            let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
                 let svc = svc.clone();
                 async move { svc.oneshot(req).await }
             });

@@ -16,6 +16,20 @@
 //! | `GET /nimbus/v1/cluster` | → [`ClusterSummary`] |
 //!
 //! Errors answer 4xx/5xx with `{"error": "<what is wrong>"}`.
+//!
+//! **Several Nimbus daemons** (high availability): one leads, elected through ZooKeeper.
+//! Any Nimbus answers reads (list, info, cluster, binary download); a standby answers
+//! writes (and `HEAD` of a binary, which precedes an upload) with `503` and
+//! `{"error": "this Nimbus (h:p) is not the leader; the leader is h2:p2", "leader": "h2:p2"}`
+//! (`"leader": null` while no leader is known) and the leader in the `x-squall-leader`
+//! header ([`LEADER_HEADER`]). [`NimbusClient`] follows such an answer
+//! to the leader once, transparently; when there is no leader to follow it reports
+//! [`RpcError::Unreachable`], so callers walking a seed list ([`nimbus_addresses`]) try
+//! the next one.
+//!
+//! **The cluster secret**: when `squall.secret.file` is set, every request must carry
+//! `Authorization: Bearer <secret>` ([`NimbusClient::with_secret`]); Nimbus answers `401`
+//! otherwise.
 
 use std::path::Path;
 use std::time::Duration;
@@ -33,6 +47,7 @@ use sha2::Digest;
 use squall_api::{Config, TopologySpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::config::ClusterConfig;
 use crate::state::{
     ErrorInfo, ExecutorHeartbeat, HeartbeatResponse, NimbusSummary, RebalanceRequest,
     SupervisorInfo, TopologyStatus, WorkerHeartbeat,
@@ -192,6 +207,54 @@ pub struct ApiError {
     pub error: String,
 }
 
+/// The header of a standby's `503` naming the leader (empty while none is known); it
+/// makes the redirect readable in answers without a body (`HEAD`).
+pub const LEADER_HEADER: &str = "x-squall-leader";
+
+/// A standby Nimbus's answer to a write: `503` with this body and [`LEADER_HEADER`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotLeader {
+    /// What is wrong, naming this Nimbus and the leader.
+    pub error: String,
+    /// The leader's `host:port`, when one is known.
+    pub leader: Option<String>,
+}
+
+/// The Nimbus RPC addresses (`host:port`) of `nimbus.seeds`, in order. A seed may be
+/// `host` (the port is `nimbus.thrift.port`) or `host:port`, so several Nimbus daemons
+/// can run on one machine.
+pub fn nimbus_addresses(conf: &Config) -> Result<Vec<String>, squall_api::ConfigError> {
+    let default_port = conf.nimbus_port()?;
+    conf.nimbus_seeds()?
+        .into_iter()
+        .map(|seed| match split_port(&seed) {
+            None if seed.contains(':') => Ok(format!("[{seed}]:{default_port}")),
+            None => Ok(format!("{seed}:{default_port}")),
+            Some((host, Some(port))) if !host.is_empty() && port > 0 => Ok(seed),
+            Some(_) => Err(squall_api::ConfigError::Invalid {
+                key: crate::config::keys::NIMBUS_SEEDS.to_owned(),
+                expected: "host names or host:port entries with a port between 1 and 65535",
+                found: format!("\"{seed}\""),
+            }),
+        })
+        .collect()
+}
+
+/// Splits `host:port` (an IPv6 address only when bracketed): `None` when there is no
+/// port, `Some((host, None))` when the port is not a number in range.
+fn split_port(seed: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = seed.rsplit_once(':')?;
+    if host.contains(':') && !host.ends_with(']') {
+        return None; // a bare IPv6 address
+    }
+    let port = port
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| port.parse::<u16>().ok())
+        .flatten();
+    Some((host, port))
+}
+
 /// Why an RPC failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
@@ -229,7 +292,20 @@ pub enum RpcError {
     },
 }
 
+/// Ends the reason of an [`RpcError::Unreachable`] that a Nimbus gave because no leader
+/// is elected yet.
+const NO_LEADER: &str = "(no leader elected yet)";
+
+/// The environment variable naming the cluster secret's file for a topology binary
+/// started by `squall jar` (its submitter sends the secret to Nimbus).
+pub const SECRET_FILE_ENV: &str = "SQUALL_SECRET_FILE";
+
 impl RpcError {
+    /// Whether the Nimbus answered but no leader is elected yet (worth retrying soon).
+    pub fn is_no_leader(&self) -> bool {
+        matches!(self, RpcError::Unreachable { reason, .. } if reason.ends_with(NO_LEADER))
+    }
+
     /// The HTTP status for API errors.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -311,49 +387,136 @@ impl NimbusClient {
         &self.addr
     }
 
-    async fn send(&self, method: Method, path: &str, body: Body) -> Result<Bytes, RpcError> {
-        let uri = format!("http://{}{PREFIX}{path}", self.addr);
+    /// A request body, made afresh for each attempt (a redirect sends it again).
+    async fn body(&self, payload: &Payload<'_>) -> Result<Body, RpcError> {
+        match payload {
+            Payload::Bytes(b) => Ok(full(b.clone())),
+            Payload::File(path) => {
+                let file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|source| RpcError::Io {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+                    .map(|chunk| chunk.map(Frame::data));
+                Ok(StreamBody::new(stream).boxed_unsync())
+            }
+        }
+    }
+
+    /// One exchange with the Nimbus at `addr`: the response when it is a success, else
+    /// the error it carries (`Err(Ok(leader))` for a standby's redirect).
+    async fn exchange(
+        &self,
+        addr: &str,
+        method: &Method,
+        path: &str,
+        body: Body,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Result<Option<String>, RpcError>> {
+        let unreachable = |reason: String| RpcError::Unreachable {
+            addr: addr.to_owned(),
+            reason,
+        };
         let mut req = Request::builder()
-            .method(method)
-            .uri(&uri)
+            .method(method.clone())
+            .uri(format!("http://{addr}{PREFIX}{path}"))
             .header("content-type", "application/json");
         if let Some(s) = &self.secret {
             req = req.header(crate::secret::AUTHORIZATION, s.bearer());
         }
-        let req = req.body(body).map_err(|e| RpcError::Protocol {
-            addr: self.addr.clone(),
-            reason: e.to_string(),
+        let req = req.body(body).map_err(|e| {
+            Err(RpcError::Protocol {
+                addr: addr.to_owned(),
+                reason: e.to_string(),
+            })
         })?;
         let resp = tokio::time::timeout(self.timeout, self.client.request(req))
             .await
-            .map_err(|_| RpcError::Unreachable {
-                addr: self.addr.clone(),
-                reason: format!("no answer within {:?}", self.timeout),
-            })?
-            .map_err(|e| RpcError::Unreachable {
-                addr: self.addr.clone(),
-                reason: error_chain(&e),
-            })?;
+            .map_err(|_| Err(unreachable(format!("no answer within {:?}", self.timeout))))?
+            .map_err(|e| Err(unreachable(error_chain(&e))))?;
         let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let leader_header = resp
+            .headers()
+            .get(LEADER_HEADER)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned());
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| RpcError::Unreachable {
-                addr: self.addr.clone(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| Err(unreachable(e.to_string())))?
             .to_bytes();
-        if status.is_success() {
-            return Ok(bytes);
+        if let (StatusCode::SERVICE_UNAVAILABLE, Some(leader)) = (status, leader_header) {
+            return if !leader.is_empty() && leader != addr {
+                Err(Ok(Some(leader)))
+            } else {
+                let why = serde_json::from_slice::<NotLeader>(&bytes)
+                    .map(|e| e.error)
+                    .unwrap_or_else(|_| "this Nimbus is not the leader".to_owned());
+                Err(Err(unreachable(format!("{why} {NO_LEADER}"))))
+            };
         }
-        let message = serde_json::from_slice::<ApiError>(&bytes)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-        Err(RpcError::Api {
+        let message = if method == Method::HEAD {
+            format!("{status}")
+        } else {
+            serde_json::from_slice::<ApiError>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned())
+        };
+        Err(Err(RpcError::Api {
             status: status.as_u16(),
             message,
-        })
+        }))
+    }
+
+    /// Sends a request, following a standby's redirect to the leader once.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        payload: Payload<'_>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, RpcError> {
+        let body = self.body(&payload).await?;
+        let leader = match self.exchange(&self.addr, &method, path, body).await {
+            Ok(resp) => return Ok(resp),
+            Err(Err(e)) => return Err(e),
+            Err(Ok(leader)) => leader.expect("a redirect names the leader"),
+        };
+        tracing::debug!(
+            "Nimbus at {} is a standby; asking the leader at {leader}",
+            self.addr
+        );
+        let body = self.body(&payload).await?;
+        match self.exchange(&leader, &method, path, body).await {
+            Ok(resp) => Ok(resp),
+            Err(Err(e)) => Err(e),
+            Err(Ok(_)) => Err(RpcError::Unreachable {
+                addr: leader,
+                reason: format!("it is not the leader either {NO_LEADER}"),
+            }),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        payload: Payload<'_>,
+    ) -> Result<Bytes, RpcError> {
+        let resp = self.request(method, path, payload).await?;
+        let addr = self.addr.clone();
+        Ok(resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| RpcError::Unreachable {
+                addr,
+                reason: e.to_string(),
+            })?
+            .to_bytes())
     }
 
     async fn json<T: DeserializeOwned>(
@@ -363,10 +526,10 @@ impl NimbusClient {
         body: Option<&impl Serialize>,
     ) -> Result<T, RpcError> {
         let body = match body {
-            Some(b) => full(serde_json::to_vec(b).expect("requests serialize")),
-            None => full(Bytes::new()),
+            Some(b) => Bytes::from(serde_json::to_vec(b).expect("requests serialize")),
+            None => Bytes::new(),
         };
-        let bytes = self.send(method, path, body).await?;
+        let bytes = self.send(method, path, Payload::Bytes(body)).await?;
         serde_json::from_slice(&bytes).map_err(|e| RpcError::Protocol {
             addr: self.addr.clone(),
             reason: e.to_string(),
@@ -377,53 +540,46 @@ impl NimbusClient {
     /// returns its SHA-256.
     pub async fn upload_binary(&self, path: &Path) -> Result<String, RpcError> {
         let sha = sha256_file(path).await?;
-        if self
+        match self
             .send(
                 Method::HEAD,
                 &format!("/binaries/{sha}"),
-                full(Bytes::new()),
+                Payload::Bytes(Bytes::new()),
             )
             .await
-            .is_ok()
         {
-            return Ok(sha);
+            Ok(_) => return Ok(sha),
+            Err(RpcError::Api { status: 404, .. }) => {}
+            Err(e) => return Err(e),
         }
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|source| RpcError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
-            .map(|chunk| chunk.map(Frame::data));
-        let body = StreamBody::new(stream).boxed_unsync();
-        self.send(Method::PUT, &format!("/binaries/{sha}"), body)
-            .await?;
+        self.send(
+            Method::PUT,
+            &format!("/binaries/{sha}"),
+            Payload::File(path),
+        )
+        .await?;
         Ok(sha)
     }
 
     /// Downloads binary `sha` to `dest` (via a temporary file), checking its SHA-256.
     pub async fn download_binary(&self, sha: &str, dest: &Path) -> Result<(), RpcError> {
-        let uri = format!("http://{}{PREFIX}/binaries/{sha}", self.addr);
-        let mut req = Request::get(&uri);
-        if let Some(s) = &self.secret {
-            req = req.header(crate::secret::AUTHORIZATION, s.bearer());
-        }
-        let req = req.body(full(Bytes::new())).expect("valid request");
-        let resp = self
-            .client
-            .request(req)
+        let resp = match self
+            .request(
+                Method::GET,
+                &format!("/binaries/{sha}"),
+                Payload::Bytes(Bytes::new()),
+            )
             .await
-            .map_err(|e| RpcError::Unreachable {
-                addr: self.addr.clone(),
-                reason: error_chain(&e),
-            })?;
-        if resp.status() != StatusCode::OK {
-            return Err(RpcError::Api {
-                status: resp.status().as_u16(),
-                message: format!("binary {sha} is not available from Nimbus"),
-            });
-        }
+        {
+            Ok(resp) => resp,
+            Err(RpcError::Api { status, message }) => {
+                return Err(RpcError::Api {
+                    status,
+                    message: format!("binary {sha} is not available from Nimbus: {message}"),
+                })
+            }
+            Err(e) => return Err(e),
+        };
         let tmp = dest.with_extension("part");
         let io = |source| RpcError::Io {
             path: tmp.display().to_string(),
@@ -539,6 +695,14 @@ impl NimbusClient {
     }
 }
 
+/// What a request carries.
+enum Payload<'a> {
+    /// Bytes in memory (JSON).
+    Bytes(Bytes),
+    /// A file, streamed.
+    File(&'a Path),
+}
+
 /// An error with its causes, innermost last: `tcp connect error: Connection refused`.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -583,4 +747,33 @@ pub fn decode(segment: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(seeds: &[&str], port: u16) -> Config {
+        let mut c = Config::new();
+        c.set(
+            crate::config::keys::NIMBUS_SEEDS,
+            squall_api::Value::List(seeds.iter().map(|s| (*s).into()).collect()),
+        );
+        c.set(crate::config::keys::NIMBUS_THRIFT_PORT, port as i64);
+        c
+    }
+
+    #[test]
+    fn seeds_take_the_default_port_unless_they_name_one() {
+        assert_eq!(
+            nimbus_addresses(&conf(&["n1", "127.0.0.1:7001", "[::1]:7002", "::1"], 6627)).unwrap(),
+            vec!["n1:6627", "127.0.0.1:7001", "[::1]:7002", "[::1]:6627"]
+        );
+        for bad in ["n1:0", "n1:70000", "n1:x", ":7000"] {
+            let e = nimbus_addresses(&conf(&[bad], 6627))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("nimbus.seeds") && e.contains(bad), "{e}");
+        }
+    }
 }

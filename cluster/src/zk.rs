@@ -7,8 +7,11 @@
 //! | `/supervisors/<supervisor-id>` | [`SupervisorInfo`], ephemeral |
 //! | `/nimbuses/<host:port>` | [`NimbusSummary`], ephemeral |
 //! | `/errors/<topology-id>/<component>/e<seq>` | [`ErrorInfo`], the last 10 per component |
+//! | `/code/<topology-id>` | the topology's code: its spec and submitted configuration (Nimbus's `TopologyCode`), so any Nimbus can schedule it |
+//! | `/topology-counter` | the last topology number handed out (plain text), updated by compare-and-set on the node's version, so ids stay unique across Nimbus daemons and restarts |
+//! | `/leader-lock/_c_<uuid>-latch-<seq>` | ephemeral-sequential, one per Nimbus candidate, holding its `host:port`; the lowest sequence leads, each other candidate watches its predecessor |
 //!
-//! Values are JSON. Worker heartbeats do not go through ZooKeeper (Storm 2's lesson):
+//! Values are JSON (the leader-lock nodes hold plain `host:port` text). Worker heartbeats do not go through ZooKeeper (Storm 2's lesson):
 //! workers report to their supervisor (a local file) and to Nimbus (RPC).
 
 use std::time::Duration;
@@ -18,6 +21,12 @@ use serde::Serialize;
 use zookeeper_client as zk;
 
 use crate::state::{Assignment, ErrorInfo, NimbusSummary, StormBase, SupervisorInfo};
+
+/// The directory of Nimbus leader election, under the root.
+pub const LEADER_LOCK: &str = "leader-lock";
+
+/// The lock name of the election's nodes (Curator's `LeaderLatch` name).
+pub const LEADER_LOCK_NAME: &str = "latch-";
 
 /// Errors kept per component, as in Storm.
 pub const ERRORS_PER_COMPONENT: usize = 10;
@@ -80,7 +89,15 @@ impl ClusterState {
             })?;
         let root = format!("/{}", root.trim_matches('/'));
         let state = ClusterState { client, root };
-        for dir in ["storms", "assignments", "supervisors", "nimbuses", "errors"] {
+        for dir in [
+            "storms",
+            "assignments",
+            "supervisors",
+            "nimbuses",
+            "errors",
+            "code",
+            LEADER_LOCK,
+        ] {
             let path = state.path(dir);
             state
                 .client
@@ -338,10 +355,105 @@ impl ClusterState {
             .await
     }
 
-    /// Whether any node exists for this topology id (storms, assignments, errors).
+    /// Stores a topology's code (spec and configuration), written once at submission.
+    pub async fn set_code<T: Serialize>(&self, topology_id: &str, code: &T) -> Result<()> {
+        self.put(&self.path(&format!("code/{topology_id}")), code)
+            .await
+    }
+
+    /// A topology's code.
+    pub async fn code<T: DeserializeOwned>(&self, topology_id: &str) -> Result<Option<T>> {
+        self.get(&self.path(&format!("code/{topology_id}"))).await
+    }
+
+    /// Removes a topology's code.
+    pub async fn remove_code(&self, topology_id: &str) -> Result<()> {
+        self.remove_recursive(&self.path(&format!("code/{topology_id}")))
+            .await
+    }
+
+    /// The next topology number, from the versioned counter node `/topology-counter`
+    /// (compare-and-set on its version), so numbers are never reused, whichever Nimbus
+    /// asks.
+    pub async fn next_topology_number(&self) -> Result<u64> {
+        let path = self.path("topology-counter");
+        loop {
+            let (current, version) = match self.client.get_data(&path).await {
+                Ok((data, stat)) => {
+                    let n = std::str::from_utf8(&data)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .unwrap_or(0);
+                    (n, Some(stat.version))
+                }
+                Err(zk::Error::NoNode) => (0, None),
+                Err(e) => return Err(Self::zk_err("get", &path)(e)),
+            };
+            let next = current + 1;
+            let data = next.to_string();
+            let written = match version {
+                Some(v) => self
+                    .client
+                    .set_data(&path, data.as_bytes(), Some(v))
+                    .await
+                    .map(drop),
+                None => self
+                    .client
+                    .create(&path, data.as_bytes(), &persistent())
+                    .await
+                    .map(drop),
+            };
+            match written {
+                Ok(()) => return Ok(next),
+                // Another Nimbus took a number meanwhile: read again.
+                Err(zk::Error::BadVersion | zk::Error::NodeExists) => continue,
+                Err(e) => return Err(Self::zk_err("set", &path)(e)),
+            }
+        }
+    }
+
+    /// The absolute path of the leader election's directory.
+    pub fn leader_lock_dir(&self) -> String {
+        self.path(LEADER_LOCK)
+    }
+
+    /// The election's candidates, lowest sequence (the leader) first: node name and the
+    /// `host:port` it holds.
+    pub async fn nimbus_candidates(&self) -> Result<Vec<(String, String)>> {
+        let dir = self.leader_lock_dir();
+        let mut children: Vec<(u64, String)> = self
+            .children(&dir)
+            .await?
+            .into_iter()
+            .filter_map(|c| Some((lock_sequence(&c)?, c)))
+            .collect();
+        children.sort();
+        let mut out = Vec::with_capacity(children.len());
+        for (_, child) in children {
+            let path = format!("{dir}/{child}");
+            match self.client.get_data(&path).await {
+                Ok((data, _)) => out.push((child, String::from_utf8_lossy(&data).into_owned())),
+                Err(zk::Error::NoNode) => {}
+                Err(e) => return Err(Self::zk_err("get", &path)(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The leading Nimbus's `host:port`, when there is one.
+    pub async fn leader(&self) -> Result<Option<String>> {
+        Ok(self
+            .nimbus_candidates()
+            .await?
+            .into_iter()
+            .next()
+            .map(|(_, addr)| addr))
+    }
+
+    /// Whether any node exists for this topology id (storms, assignments, errors, code).
     pub async fn topology_nodes(&self, topology_id: &str) -> Result<Vec<String>> {
         let mut present = Vec::new();
-        for dir in ["storms", "assignments", "errors"] {
+        for dir in ["storms", "assignments", "errors", "code"] {
             let p = self.path(&format!("{dir}/{topology_id}"));
             match self.client.check_stat(&p).await {
                 Ok(Some(_)) => present.push(p),
@@ -351,4 +463,10 @@ impl ClusterState {
         }
         Ok(present)
     }
+}
+
+/// The sequence number at the end of an election node's name.
+pub fn lock_sequence(name: &str) -> Option<u64> {
+    let digits = name.len() - name.bytes().rev().take_while(u8::is_ascii_digit).count();
+    name[digits..].parse().ok()
 }

@@ -135,3 +135,66 @@ fn layout_round_trips_ephemerals_and_error_trimming() {
         assert!(s.topology_nodes("wc-1-1").await.unwrap().is_empty());
     });
 }
+
+#[test]
+fn ids_are_unique_across_sessions_code_round_trips_and_the_leader_is_the_lowest_candidate() {
+    let zk = ZooKeeperServer::start_temp().expect("ZooKeeper starts");
+    block(async {
+        let servers = zk.connect_string();
+        let connect = || ClusterState::connect(&servers, "/squall", Duration::from_secs(6));
+        let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
+        // Two Nimbus sessions taking numbers at once never get the same one.
+        let (xs, ys) = tokio::join!(
+            async {
+                let mut v = Vec::new();
+                for _ in 0..20 {
+                    v.push(a.next_topology_number().await.unwrap());
+                }
+                v
+            },
+            async {
+                let mut v = Vec::new();
+                for _ in 0..20 {
+                    v.push(b.next_topology_number().await.unwrap());
+                }
+                v
+            }
+        );
+        let mut all: Vec<u64> = xs.into_iter().chain(ys).collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=40).collect::<Vec<u64>>());
+
+        // Code is stored for any Nimbus to read, and removed with the topology.
+        let code = serde_json::json!({"spec": {"x": 1}, "conf": {}});
+        a.set_code("wc-1-1", &code).await.unwrap();
+        assert_eq!(
+            b.code::<serde_json::Value>("wc-1-1").await.unwrap(),
+            Some(code)
+        );
+        assert_eq!(b.topology_nodes("wc-1-1").await.unwrap().len(), 1);
+        b.remove_code("wc-1-1").await.unwrap();
+        assert!(a.topology_nodes("wc-1-1").await.unwrap().is_empty());
+
+        // The election: the lowest sequence leads; when it goes, the next one does.
+        assert_eq!(a.leader().await.unwrap(), None);
+        let dir = a.leader_lock_dir();
+        let ephemeral_seq = zookeeper_client::CreateMode::EphemeralSequential
+            .with_acls(zookeeper_client::Acls::anyone_all());
+        let (_, s1) = a
+            .client()
+            .create(&format!("{dir}/_c_x-latch-"), b"h1:1", &ephemeral_seq)
+            .await
+            .unwrap();
+        b.client()
+            .create(&format!("{dir}/_c_y-latch-"), b"h2:2", &ephemeral_seq)
+            .await
+            .unwrap();
+        assert_eq!(b.leader().await.unwrap().as_deref(), Some("h1:1"));
+        assert_eq!(b.nimbus_candidates().await.unwrap().len(), 2);
+        a.client()
+            .delete(&format!("{dir}/_c_x-latch-{s1}"), None)
+            .await
+            .unwrap();
+        assert_eq!(a.leader().await.unwrap().as_deref(), Some("h2:2"));
+    });
+}

@@ -13,17 +13,19 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use sha2::Digest;
 use squall_api::config::keys;
-use squall_cluster::http::{error, json, read_body, Body, Handler};
+use squall_cluster::http::{error, json, read_body, Body, Handler, PeerAddr};
 use squall_cluster::rpc::{
-    decode, hex, ClusterSummary, ComponentSummary, KillRequest, RebalanceCommand, SubmitRequest,
-    SubmitResponse, SupervisorSummary, TopologyInfo, TopologySummary, WorkerSummary, PREFIX,
+    decode, hex, ClusterSummary, ComponentSummary, KillRequest, NotLeader, RebalanceCommand,
+    SubmitRequest, SubmitResponse, SupervisorSummary, TopologyInfo, TopologySummary, WorkerSummary,
+    LEADER_HEADER, PREFIX,
 };
+use squall_cluster::secret::{AUTHORIZATION, SECRET_FILE_KEY};
 use squall_cluster::state::{
     now_secs, HeartbeatResponse, StormBase, TopologyStatus, WorkerHeartbeat, WorkerSlot,
 };
 use tokio::io::AsyncWriteExt;
 
-use crate::{exists, Nimbus, NimbusError, TopologyCode};
+use crate::{exists, free_slots, Nimbus, NimbusError, TopologyCode};
 
 /// JSON request bodies are small; binaries go through the upload route.
 const MAX_JSON: usize = 16 << 20;
@@ -54,6 +56,22 @@ pub(crate) fn handler(nimbus: Arc<Nimbus>) -> Handler {
         Box::pin(async move {
             let method = req.method().clone();
             let path = req.uri().path().to_owned();
+            if let Some(secret) = &nimbus.secret {
+                let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+                if !secret.check_bearer(header) {
+                    let peer = req
+                        .extensions()
+                        .get::<PeerAddr>()
+                        .map_or_else(|| "unknown".to_owned(), |p| p.0.to_string());
+                    tracing::warn!(%peer, %method, %path, "refused: no or wrong cluster secret");
+                    return error(
+                        StatusCode::UNAUTHORIZED,
+                        format!(
+                            "this cluster requires its secret: send `Authorization: Bearer <secret>` with the secret from the file named by {SECRET_FILE_KEY}"
+                        ),
+                    );
+                }
+            }
             match route(&nimbus, req).await {
                 Ok(r) | Err(r) => {
                     if !r.status().is_success() {
@@ -76,9 +94,22 @@ async fn route(n: &Arc<Nimbus>, req: Request<Incoming>) -> Reply {
     };
     let segs: Vec<&str> = rest.trim_matches('/').split('/').collect();
     let method = req.method().clone();
+    // Writes (and HEAD of a binary, which precedes an upload) only on the leader.
+    let write = method == Method::POST
+        || method == Method::PUT
+        || (method == Method::HEAD && matches!(segs.as_slice(), ["binaries", _]));
+    if write && !n.is_leader() {
+        return Err(not_leader(n).await);
+    }
     match (&method, segs.as_slice()) {
         (&Method::PUT, ["binaries", sha]) => upload(n, sha, req).await,
-        (&Method::GET, ["binaries", sha]) => download(n, sha).await,
+        (&Method::GET, ["binaries", sha]) => {
+            if !n.is_leader() && valid_sha(sha).is_ok() && !exists(&n.binary_path(sha)) {
+                // A standby that has not copied it yet: the leader has it.
+                return Err(not_leader(n).await);
+            }
+            download(n, sha).await
+        }
         (&Method::HEAD, ["binaries", sha]) => {
             valid_sha(sha)?;
             if exists(&n.binary_path(sha)) {
@@ -110,6 +141,38 @@ async fn route(n: &Arc<Nimbus>, req: Request<Incoming>) -> Reply {
             format!("no such endpoint: {method} {path}"),
         )),
     }
+}
+
+/// A standby's answer to a write: 503, naming the leader when one is known.
+async fn not_leader(n: &Nimbus) -> Response<Body> {
+    let leader = match n.known_leader() {
+        Some(l) => Some(l),
+        // Not looked up yet (just started): ask ZooKeeper.
+        None if !n.is_leader() => n
+            .state()
+            .leader()
+            .await
+            .ok()
+            .flatten()
+            .filter(|l| *l != n.addr),
+        None => None,
+    };
+    let header = leader.clone().unwrap_or_default();
+    let mut resp = json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &NotLeader {
+            error: format!(
+                "this Nimbus ({}) is not the leader; the leader is {}",
+                n.addr,
+                leader.as_deref().unwrap_or("not elected yet")
+            ),
+            leader,
+        },
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&header) {
+        resp.headers_mut().insert(LEADER_HEADER, v);
+    }
+    resp
 }
 
 fn name_of(segment: &str) -> Result<String, Response<Body>> {
@@ -251,13 +314,16 @@ async fn submit(n: &Nimbus, req: SubmitRequest) -> Reply {
         )));
     }
     let launch = now_secs();
-    let counter = n.next_topology_number().map_err(internal)?;
+    let counter = n.state().next_topology_number().await.map_err(state_err)?;
     let topology_id = format!("{}-{counter}-{launch}", req.name);
     let code = TopologyCode {
         spec: req.spec,
         conf,
     };
-    n.write_code(&topology_id, &code).map_err(internal)?;
+    n.state()
+        .set_code(&topology_id, &code)
+        .await
+        .map_err(state_err)?;
     let base = StormBase {
         name: req.name.clone(),
         topology_id: topology_id.clone(),
@@ -278,7 +344,10 @@ async fn submit(n: &Nimbus, req: SubmitRequest) -> Reply {
         rebalance: None,
     };
     n.state().set_storm(&base).await.map_err(state_err)?;
-    n.assign(&base).await.map_err(internal)?;
+    let (supervisors, assignments) = n.cluster_now().await.map_err(state_err)?;
+    n.assign(&base, &supervisors, &assignments)
+        .await
+        .map_err(internal)?;
     n.refresh_view().await;
     tracing::info!(topology = %base.name, id = %topology_id, "submitted");
     Ok(json(StatusCode::OK, &SubmitResponse { topology_id }))
@@ -287,7 +356,8 @@ async fn submit(n: &Nimbus, req: SubmitRequest) -> Reply {
 async fn summary(n: &Nimbus, base: &StormBase) -> TopologySummary {
     let assignment = n.state().assignment(&base.topology_id).await.ok().flatten();
     let num_tasks = n
-        .read_code(&base.topology_id)
+        .code(&base.topology_id)
+        .await
         .map_or(0, |code| Nimbus::layout(base, &code).max_task().0);
     TopologySummary {
         id: base.topology_id.clone(),
@@ -318,7 +388,7 @@ async fn info(n: &Nimbus, name: &str) -> Reply {
         .assignment(&base.topology_id)
         .await
         .map_err(state_err)?;
-    let code = n.read_code(&base.topology_id);
+    let code = n.code(&base.topology_id).await;
     let beats = n
         .lock_heartbeats()
         .get(&base.topology_id)
@@ -407,13 +477,14 @@ async fn info(n: &Nimbus, name: &str) -> Reply {
             workers,
             executors,
             errors,
-            conf: code.map(|c| c.conf).unwrap_or_default(),
+            conf: code.map(|c| c.conf.clone()).unwrap_or_default(),
         },
     ))
 }
 
-fn message_timeout(n: &Nimbus, base: &StormBase) -> u64 {
-    n.read_code(&base.topology_id)
+async fn message_timeout(n: &Nimbus, base: &StormBase) -> u64 {
+    n.code(&base.topology_id)
+        .await
         .and_then(|c| c.conf.message_timeout_secs().ok())
         .unwrap_or(30)
 }
@@ -421,7 +492,10 @@ fn message_timeout(n: &Nimbus, base: &StormBase) -> u64 {
 async fn kill(n: &Nimbus, name: &str, req: KillRequest) -> Reply {
     let _guard = n.lock.lock().await;
     let mut base = live(n, name).await?;
-    let wait = req.wait_secs.unwrap_or_else(|| message_timeout(n, &base));
+    let wait = match req.wait_secs {
+        Some(w) => w,
+        None => message_timeout(n, &base).await,
+    };
     base.status = TopologyStatus::Killed;
     base.action_at_secs = Some(now_secs() + wait);
     n.state().set_storm(&base).await.map_err(state_err)?;
@@ -472,7 +546,11 @@ async fn rebalance(n: &Nimbus, name: &str, cmd: RebalanceCommand) -> Reply {
             )));
         }
     }
-    let wait = cmd.wait_secs.unwrap_or_else(|| message_timeout(n, &base));
+    check_slots(n, name, &base, &cmd).await?;
+    let wait = match cmd.wait_secs {
+        Some(w) => w,
+        None => message_timeout(n, &base).await,
+    };
     base.prev_status = Some(base.status);
     base.status = TopologyStatus::Rebalancing;
     base.action_at_secs = Some(now_secs() + wait);
@@ -482,37 +560,91 @@ async fn rebalance(n: &Nimbus, name: &str, cmd: RebalanceCommand) -> Reply {
     Ok(ok())
 }
 
-async fn heartbeat(n: &Nimbus, hb: WorkerHeartbeat) -> Reply {
+/// The verdict on a worker heartbeat, from the in-memory view only: `unknown` until
+/// this leader has loaded its view, `assigned` when the worker's slot holds exactly the
+/// executors it reports in the current assignment of the same epoch, else
+/// `not_assigned`.
+fn verdict(n: &Nimbus, hb: &WorkerHeartbeat, slot: &WorkerSlot) -> HeartbeatResponse {
+    let view = n.lock_view();
+    if !view.loaded {
+        return HeartbeatResponse::Unknown;
+    }
+    let Some(t) = view.topologies.get(&hb.topology_id) else {
+        return HeartbeatResponse::NotAssigned;
+    };
+    let mut reported: Vec<(u32, u32)> =
+        hb.executors.iter().map(|e| (e.first.0, e.last.0)).collect();
+    reported.sort_unstable();
+    match t.slots.get(slot) {
+        Some(execs) if t.epoch == hb.epoch && *execs == reported => HeartbeatResponse::Assigned {
+            status: t.status,
+            assignment_version: t.version,
+        },
+        _ => HeartbeatResponse::NotAssigned,
+    }
+}
+
+/// Never touches ZooKeeper: errors go to a bounded queue that a background task
+/// writes (dropped and counted when full).
+async fn heartbeat(n: &Nimbus, mut hb: WorkerHeartbeat) -> Reply {
     let slot = WorkerSlot {
         node: hb.supervisor_id.clone(),
         port: hb.port,
     };
-    // Answered from the in-memory view (refreshed every second and after every change),
-    // so heartbeats cost ZooKeeper nothing.
-    let status = n.lock_view().get(&hb.topology_id).and_then(|v| {
-        (v.version == hb.assignment_version && v.slots.contains(&slot)).then_some(v.status)
-    });
-    for e in &hb.errors {
-        if let Err(err) = n.state().add_error(&hb.topology_id, e).await {
-            tracing::warn!("cannot record an error of {}: {err}", hb.topology_id);
+    let answer = verdict(n, &hb, &slot);
+    if matches!(answer, HeartbeatResponse::Assigned { .. }) {
+        for e in hb.errors.drain(..) {
+            if n.errors.try_send((hb.topology_id.clone(), e)).is_err() {
+                let dropped = n
+                    .errors_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!("worker error queue full: {dropped} errors dropped so far");
+                }
+            }
         }
-    }
-    if status.is_some() {
-        let mut hb = hb.clone();
-        hb.errors.clear();
         n.lock_heartbeats()
             .entry(hb.topology_id.clone())
             .or_default()
             .insert(slot, (Instant::now(), hb));
     }
-    let answer = match status {
-        Some(status) => HeartbeatResponse::Assigned {
-            status,
-            assignment_version: hb.assignment_version,
-        },
-        None => HeartbeatResponse::NotAssigned,
-    };
     Ok(json(StatusCode::OK, &answer))
+}
+
+/// Refuses a rebalance that cannot get the workers it asks for: the free slots of live
+/// supervisors plus the topology's own must cover them.
+async fn check_slots(
+    n: &Nimbus,
+    name: &str,
+    base: &StormBase,
+    cmd: &RebalanceCommand,
+) -> Result<(), Response<Body>> {
+    let Some(code) = n.code(&base.topology_id).await else {
+        return Ok(());
+    };
+    let mut after = base.clone();
+    if let Some(w) = cmd.request.num_workers {
+        after.num_workers = w;
+    }
+    for (c, &p) in &cmd.request.executors {
+        after.component_executors.insert(c.clone(), p);
+    }
+    let executors = Nimbus::layout(&after, &code).executors().count();
+    let needed = (after.num_workers.max(1) as usize).min(executors);
+    let (supervisors, assignments) = n.cluster_now().await.map_err(state_err)?;
+    let (free, _) = free_slots(&supervisors, assignments.values(), Some(&base.topology_id));
+    let available: usize = free.iter().map(|f| f.ports.len()).sum();
+    if needed > available {
+        let own = assignments
+            .get(&base.topology_id)
+            .map_or(0, |a| a.slots().len());
+        return Err(conflict(format!(
+            "cannot rebalance '{name}' onto {needed} workers: only {available} slots are available ({} free, {own} in use by '{name}'); start supervisors or ask for fewer workers",
+            available - own.min(available)
+        )));
+    }
+    Ok(())
 }
 
 async fn cluster(n: &Nimbus) -> Reply {

@@ -1,32 +1,52 @@
 //! # squall-nimbus: the master daemon
 //!
 //! Nimbus takes topology submissions over its RPC API ([`squall_cluster::rpc`]),
-//! validates them, stores them in ZooKeeper and its local dir, schedules their executors
-//! onto the free slots of live supervisors and drives their lifecycle: activate,
-//! deactivate, kill with a wait, rebalance. Everything needed to carry on after a
-//! restart lives in ZooKeeper (bases, assignments) and `storm.local.dir/nimbus`
-//! (binaries, topology specs).
+//! validates them, stores them in ZooKeeper, schedules their executors onto the free
+//! slots of live supervisors and drives their lifecycle: activate, deactivate, kill with
+//! a wait, rebalance.
 //!
-//! A monitor loop runs every second: it finishes kills and rebalances whose wait is
-//! over, and re-schedules topologies that have no assignment yet or lost a supervisor.
+//! **High availability.** Several Nimbus daemons may run; they elect a leader through
+//! ZooKeeper (`<root>/leader-lock`, the ephemeral-sequential lock recipe of the
+//! `zookeeper-client` crate: lowest sequence leads, each candidate watches its
+//! predecessor). Only the leader runs the monitor and accepts writes; any Nimbus serves
+//! reads; a standby answers writes with `503` naming the leader, which
+//! [`squall_cluster::rpc::NimbusClient`] follows. Everything a new leader needs is in
+//! ZooKeeper (bases, assignments, topology code, the id counter) except the binaries,
+//! which standbys copy from the leader in the background ([`leader`]); a candidate that
+//! wins without every live topology's binary lets another candidate lead (a few times,
+//! then leads anyway). A leader whose ZooKeeper connection is lost stops leading at once
+//! and leads again, with fresh clocks, only when it holds the lock again.
+//!
+//! **The monitor** runs every second on the leader: it finishes kills and rebalances
+//! whose wait is over and schedules topologies without an assignment. Every
+//! `nimbus.monitor.freq.secs` it also detects failures ([`liveness`]) and moves only the
+//! executors of dead slots ([`squall_cluster::scheduler::reschedule`]), or spreads a
+//! topology out again when it runs on fewer workers than it asked for and slots are free.
 #![deny(missing_docs)]
 
 mod api;
+mod leader;
+mod liveness;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use squall_api::{Config, TaskLayout, TopologySpec};
 use squall_cluster::config::ClusterConfig;
-use squall_cluster::scheduler::{schedule, FreeSlots};
+use squall_cluster::scheduler::{reschedule, schedule, should_spread, FreeSlots};
+use squall_cluster::secret::{Secret, SecretError};
 use squall_cluster::state::{
-    now_secs, Assignment, NimbusSummary, StormBase, TopologyStatus, WorkerHeartbeat, WorkerSlot,
+    now_secs, Assignment, ErrorInfo, NimbusSummary, StormBase, SupervisorInfo, TopologyStatus,
+    WorkerHeartbeat, WorkerSlot,
 };
 use squall_cluster::zk::{ClusterState, StateError};
 use tokio_util::sync::CancellationToken;
+
+use crate::liveness::{Liveness, Timeouts};
 
 /// Why Nimbus could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +54,9 @@ pub enum NimbusError {
     /// Bad configuration.
     #[error("nimbus: {0}")]
     Config(#[from] squall_api::ConfigError),
+    /// The cluster secret could not be loaded.
+    #[error("nimbus: {0}")]
+    Secret(#[from] SecretError),
     /// ZooKeeper failed.
     #[error("nimbus: {0}")]
     State(#[from] StateError),
@@ -47,8 +70,8 @@ pub enum NimbusError {
     },
 }
 
-/// What Nimbus keeps on disk per topology: the spec and the configuration it was
-/// submitted with.
+/// A topology's code: the spec and the configuration it was submitted with. Stored in
+/// ZooKeeper (`<root>/code/<topology-id>`) so every Nimbus can schedule it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct TopologyCode {
     pub spec: TopologySpec,
@@ -58,28 +81,60 @@ pub(crate) struct TopologyCode {
 /// Latest heartbeat per topology id and worker slot, with when it arrived.
 pub(crate) type Heartbeats = HashMap<String, BTreeMap<WorkerSlot, (Instant, WorkerHeartbeat)>>;
 
-/// What heartbeats are answered from: per topology id, its status, assignment version
-/// and slots.
+/// What heartbeats are answered from, per topology id.
 pub(crate) struct TopologyView {
     pub status: TopologyStatus,
     pub version: u64,
-    pub slots: Vec<WorkerSlot>,
+    pub epoch: u64,
+    /// Each slot's executors (first, last task), sorted.
+    pub slots: BTreeMap<WorkerSlot, Vec<(u32, u32)>>,
 }
+
+/// The heartbeat view: empty and not `loaded` until this Nimbus, as leader, has read
+/// the cluster state.
+#[derive(Default)]
+pub(crate) struct View {
+    pub loaded: bool,
+    pub topologies: HashMap<String, TopologyView>,
+}
+
+/// Errors reported by workers wait here for the background writer.
+const ERROR_QUEUE: usize = 1024;
 
 pub(crate) struct Nimbus {
     /// Status and assignment per topology, as last read from ZooKeeper.
-    view: Mutex<HashMap<String, TopologyView>>,
+    view: Mutex<View>,
     /// The ZooKeeper session; replaced when it expires.
     state: std::sync::RwLock<ClusterState>,
     /// Settings to reconnect and re-register with.
     zk: ZkSettings,
     summary: NimbusSummary,
+    /// This Nimbus's `host:port`.
+    pub addr: String,
     pub dir: PathBuf,
     pub max_binary_bytes: u64,
     /// Serializes every change of cluster state.
     pub lock: tokio::sync::Mutex<()>,
     /// Latest heartbeat per topology and worker slot.
     pub heartbeats: Mutex<Heartbeats>,
+    /// Whether this Nimbus leads now.
+    leading: AtomicBool,
+    /// Bumped whenever leadership starts or stops (so a view read during one term is
+    /// never installed in another).
+    term: AtomicU64,
+    /// The leader's `host:port`, as last seen in ZooKeeper.
+    leader_addr: Mutex<Option<String>>,
+    /// The cluster secret every request must carry, when configured.
+    pub secret: Option<Secret>,
+    timeouts: Timeouts,
+    monitor_freq: Duration,
+    liveness: Mutex<Liveness>,
+    /// Worker errors on their way to ZooKeeper.
+    errors: tokio::sync::mpsc::Sender<(String, ErrorInfo)>,
+    /// Errors dropped because the queue was full.
+    pub errors_dropped: AtomicU64,
+    /// Topology code read from ZooKeeper (immutable once submitted).
+    code_cache: Mutex<HashMap<String, Arc<TopologyCode>>>,
 }
 
 /// How to reach ZooKeeper.
@@ -97,11 +152,11 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NimbusError
 /// Runs Nimbus until `shutdown` is cancelled.
 pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), NimbusError> {
     conf.validate_cluster()?;
+    let secret = Secret::load(&conf)?;
     let dir = conf.local_dir()?.join("nimbus");
-    for sub in ["binaries", "topologies"] {
-        let d = dir.join(sub);
-        std::fs::create_dir_all(&d).map_err(io_err(format!("creating {}", d.display())))?;
-    }
+    let binaries = dir.join("binaries");
+    std::fs::create_dir_all(&binaries)
+        .map_err(io_err(format!("creating {}", binaries.display())))?;
     let port = conf.nimbus_port()?;
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
@@ -115,6 +170,12 @@ pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), Nimb
         root: conf.zookeeper_root()?,
         session_timeout: conf.zookeeper_session_timeout()?,
     };
+    let timeouts = Timeouts {
+        supervisor: conf.nimbus_supervisor_timeout()?,
+        task: conf.nimbus_task_timeout()?,
+        worker_start: conf.supervisor_worker_start_timeout()?,
+    };
+    let monitor_freq = conf.nimbus_monitor_freq()?;
     let state = ClusterState::connect(&zk.servers, &zk.root, zk.session_timeout).await?;
     let host = squall_cluster::local_hostname(&conf);
     let summary = NimbusSummary {
@@ -124,46 +185,148 @@ pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), Nimb
         version: squall_cluster::VERSION.to_owned(),
     };
     state.register_nimbus(&summary).await?;
+    let (errors_tx, errors_rx) = tokio::sync::mpsc::channel(ERROR_QUEUE);
     let nimbus = Arc::new(Nimbus {
         max_binary_bytes: conf.nimbus_binary_max_bytes()?,
         state: std::sync::RwLock::new(state),
         zk,
+        addr: format!("{host}:{port}"),
         summary,
         dir,
         lock: tokio::sync::Mutex::new(()),
         heartbeats: Mutex::new(HashMap::new()),
-        view: Mutex::new(HashMap::new()),
+        view: Mutex::new(View::default()),
+        leading: AtomicBool::new(false),
+        term: AtomicU64::new(0),
+        leader_addr: Mutex::new(None),
+        secret,
+        timeouts,
+        monitor_freq,
+        liveness: Mutex::new(Liveness::new(Instant::now())),
+        errors: errors_tx,
+        errors_dropped: AtomicU64::new(0),
+        code_cache: Mutex::new(HashMap::new()),
     });
-    tracing::info!("Nimbus listening on {host}:{port}");
+    tracing::info!(
+        "Nimbus listening on {host}:{port}{}",
+        if nimbus.secret.is_some() {
+            " (cluster secret required)"
+        } else {
+            ""
+        }
+    );
     println!("Nimbus listening on {host}:{port}");
 
-    let monitor = {
-        let nimbus = nimbus.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => {
-                        if let Err(e) = nimbus.ensure_session().await {
-                            tracing::warn!("ZooKeeper: {e}");
-                            continue;
-                        }
-                        if let Err(e) = nimbus.monitor().await {
-                            tracing::warn!("monitor: {e}");
-                        }
-                        nimbus.refresh_view().await;
-                    }
-                }
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(leader::elect(nimbus.clone(), shutdown.clone()));
+    tasks.spawn(leader::sync_as_standby(nimbus.clone(), shutdown.clone()));
+    tasks.spawn(monitor_loop(nimbus.clone(), shutdown.clone()));
+    tasks.spawn(write_errors(nimbus.clone(), errors_rx, shutdown.clone()));
+    let handler = api::handler(nimbus.clone());
+    squall_cluster::http::serve(listener, handler, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+/// The leader's loop: kills, rebalances and new topologies every second; failure
+/// detection every `nimbus.monitor.freq.secs`.
+async fn monitor_loop(nimbus: Arc<Nimbus>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_full: Option<Instant> = None;
+    let mut term = u64::MAX;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if !nimbus.is_leader() {
+            continue;
+        }
+        let now = Instant::now();
+        let current = nimbus.term.load(Ordering::SeqCst);
+        if current != term {
+            // A new term: the first failure check waits one full monitor period.
+            term = current;
+            last_full = Some(now);
+        }
+        let full = last_full.is_none_or(|t| now.duration_since(t) >= nimbus.monitor_freq);
+        if full {
+            last_full = Some(now);
+        }
+        if let Err(e) = nimbus.monitor(full).await {
+            tracing::warn!("monitor: {e}");
+        }
+        nimbus.refresh_view().await;
+    }
+}
+
+/// Writes worker errors to ZooKeeper, off the heartbeat path; errors of topologies that
+/// are gone (killed meanwhile) are dropped.
+async fn write_errors(
+    nimbus: Arc<Nimbus>,
+    mut rx: tokio::sync::mpsc::Receiver<(String, ErrorInfo)>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (topology_id, e) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = rx.recv() => match next {
+                Some(x) => x,
+                None => break,
+            },
+        };
+        let live = nimbus
+            .lock_view()
+            .topologies
+            .get(&topology_id)
+            .is_some_and(|t| t.status != TopologyStatus::Killed);
+        if !live || !nimbus.is_leader() {
+            continue;
+        }
+        if let Err(err) = nimbus.state().add_error(&topology_id, &e).await {
+            tracing::warn!("cannot record an error of {topology_id}: {err}");
+        }
+    }
+}
+
+/// The free slots of `supervisors` (live ones) not used by any assignment except
+/// `except`'s, and every supervisor's host.
+pub(crate) fn free_slots<'a>(
+    supervisors: &[SupervisorInfo],
+    assignments: impl Iterator<Item = &'a Assignment>,
+    except: Option<&str>,
+) -> (Vec<FreeSlots>, BTreeMap<String, String>) {
+    let used: BTreeSet<WorkerSlot> = assignments
+        .filter(|a| Some(a.topology_id.as_str()) != except)
+        .flat_map(|a| a.slots())
+        .collect();
+    let mut hosts = BTreeMap::new();
+    let free = supervisors
+        .iter()
+        .map(|s| {
+            hosts.insert(s.id.clone(), s.hostname.clone());
+            FreeSlots {
+                node: s.id.clone(),
+                ports: s
+                    .ports
+                    .iter()
+                    .copied()
+                    .filter(|&port| {
+                        !used.contains(&WorkerSlot {
+                            node: s.id.clone(),
+                            port,
+                        })
+                    })
+                    .collect(),
             }
         })
-    };
-    let handler = api::handler(nimbus.clone());
-    squall_cluster::http::serve(listener, handler, shutdown).await;
-    let _ = monitor.await;
-    Ok(())
+        .collect();
+    (free, hosts)
 }
 
 impl Nimbus {
@@ -185,41 +348,94 @@ impl Nimbus {
         Ok(())
     }
 
-    /// The next topology number (Storm's id counter), kept in the local dir so ids are
-    /// never reused, even across restarts.
-    pub fn next_topology_number(&self) -> Result<u64, NimbusError> {
-        let path = self.dir.join("topology-counter");
-        let n = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-            + 1;
-        std::fs::write(&path, n.to_string())
-            .map_err(io_err(format!("writing {}", path.display())))?;
-        Ok(n)
+    /// Whether this Nimbus leads now.
+    pub fn is_leader(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
     }
 
-    pub fn code_path(&self, topology_id: &str) -> PathBuf {
-        self.dir
-            .join("topologies")
-            .join(format!("{topology_id}.json"))
+    /// The leader's address as last seen, unless it is this Nimbus (which then is
+    /// between terms).
+    pub fn known_leader(&self) -> Option<String> {
+        self.leader_addr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|l| *l != self.addr)
+    }
+
+    fn set_known_leader(&self, leader: Option<String>) {
+        *self.leader_addr.lock().unwrap_or_else(|p| p.into_inner()) = leader;
+    }
+
+    /// Starts a term as leader: fresh clocks, no heartbeats from before, then the view.
+    async fn begin_leading(&self) {
+        {
+            let _guard = self.lock.lock().await;
+            *self.liveness.lock().unwrap_or_else(|p| p.into_inner()) =
+                Liveness::new(Instant::now());
+            self.lock_heartbeats().clear();
+            self.term.fetch_add(1, Ordering::SeqCst);
+            self.set_known_leader(Some(self.addr.clone()));
+            self.leading.store(true, Ordering::SeqCst);
+        }
+        tracing::info!("this Nimbus ({}) is the leader", self.addr);
+        self.refresh_view().await;
+    }
+
+    /// Ends a term at once: no scheduling, writes refused, heartbeats answered `unknown`.
+    fn stop_leading(&self, why: &str) {
+        if self.leading.swap(false, Ordering::SeqCst) {
+            tracing::warn!("this Nimbus ({}) stops leading: {why}", self.addr);
+        }
+        self.term.fetch_add(1, Ordering::SeqCst);
+        self.set_known_leader(None);
+        let mut view = self.lock_view();
+        view.loaded = false;
+        view.topologies.clear();
     }
 
     pub fn binary_path(&self, sha: &str) -> PathBuf {
         self.dir.join("binaries").join(sha)
     }
 
-    pub fn read_code(&self, topology_id: &str) -> Option<TopologyCode> {
-        let bytes = std::fs::read(self.code_path(topology_id)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+    /// A topology's code, from ZooKeeper (cached). Code a Nimbus of an earlier version
+    /// kept in its local dir is moved to ZooKeeper when found.
+    pub async fn code(&self, topology_id: &str) -> Option<Arc<TopologyCode>> {
+        if let Some(c) = self.lock_code_cache().get(topology_id) {
+            return Some(c.clone());
+        }
+        let code = match self.state().code::<TopologyCode>(topology_id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                let legacy = self
+                    .dir
+                    .join("topologies")
+                    .join(format!("{topology_id}.json"));
+                let c: TopologyCode = serde_json::from_slice(&std::fs::read(legacy).ok()?).ok()?;
+                if self.is_leader() {
+                    if let Err(e) = self.state().set_code(topology_id, &c).await {
+                        tracing::warn!("cannot move the code of {topology_id} to ZooKeeper: {e}");
+                    }
+                }
+                c
+            }
+            Err(e) => {
+                tracing::warn!("cannot read the code of {topology_id}: {e}");
+                return None;
+            }
+        };
+        let code = Arc::new(code);
+        self.lock_code_cache()
+            .insert(topology_id.to_owned(), code.clone());
+        Some(code)
     }
 
-    pub fn write_code(&self, topology_id: &str, code: &TopologyCode) -> Result<(), NimbusError> {
-        let path = self.code_path(topology_id);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(code).expect("code serializes"))
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(io_err(format!("writing {}", path.display())))
+    fn lock_code_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TopologyCode>>> {
+        self.code_cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The layout a topology runs with: its spec with the current parallelism.
@@ -233,57 +449,58 @@ impl Nimbus {
         TaskLayout::new(&spec, code.conf.num_ackers().unwrap_or(1))
     }
 
-    /// Free slots of live supervisors, not counting those `except` uses.
-    async fn free_slots(
+    /// The supervisors that may get work (present and alive) and every assignment.
+    pub async fn cluster_now(
         &self,
-        except: &str,
-    ) -> Result<(Vec<FreeSlots>, BTreeMap<String, String>), StateError> {
-        let supervisors = self.state().supervisors().await?;
-        let assignments = self.state().assignments().await?;
-        let mut used: Vec<WorkerSlot> = Vec::new();
-        for a in assignments.iter().filter(|a| a.topology_id != except) {
-            used.extend(a.slots());
-        }
-        let mut hosts = BTreeMap::new();
-        let free = supervisors
+    ) -> Result<(Vec<SupervisorInfo>, HashMap<String, Assignment>), StateError> {
+        let state = self.state();
+        let supervisors = state.supervisors().await?;
+        let now = Instant::now();
+        let usable = {
+            let mut l = self.lock_liveness();
+            l.observe_supervisors(now, &supervisors);
+            l.usable_supervisors(now, self.timeouts.supervisor)
+        };
+        let supervisors = supervisors
             .into_iter()
-            .map(|s| {
-                hosts.insert(s.id.clone(), s.hostname.clone());
-                FreeSlots {
-                    ports: s
-                        .ports
-                        .iter()
-                        .copied()
-                        .filter(|&p| !used.iter().any(|u| u.node == s.id && u.port == p))
-                        .collect(),
-                    node: s.id,
-                }
-            })
+            .filter(|s| usable.contains(&s.id))
             .collect();
-        Ok((free, hosts))
+        let assignments = state
+            .assignments()
+            .await?
+            .into_iter()
+            .map(|a| (a.topology_id.clone(), a))
+            .collect();
+        Ok((supervisors, assignments))
     }
 
-    /// Schedules `base` afresh and stores the assignment. Returns false when no slot is
-    /// free (the topology waits for one).
-    pub async fn assign(&self, base: &StormBase) -> Result<bool, NimbusError> {
-        let Some(code) = self.read_code(&base.topology_id) else {
-            tracing::warn!(topology = %base.topology_id, "no stored spec; cannot schedule");
-            return Ok(false);
+    /// Schedules `base` afresh (a new epoch) on the slots of `supervisors` and stores the
+    /// assignment. `None` when nothing could be placed (the topology waits for slots).
+    pub async fn assign(
+        &self,
+        base: &StormBase,
+        supervisors: &[SupervisorInfo],
+        assignments: &HashMap<String, Assignment>,
+    ) -> Result<Option<Assignment>, NimbusError> {
+        let Some(code) = self.code(&base.topology_id).await else {
+            tracing::warn!(topology = %base.topology_id, "no stored code; cannot schedule");
+            return Ok(None);
         };
         let layout = Self::layout(base, &code);
         let executors: Vec<_> = layout
             .executors()
             .map(|(c, a, b)| (c.to_string(), a, b))
             .collect();
-        let (free, node_host) = self.free_slots(&base.topology_id).await?;
+        let (free, node_host) =
+            free_slots(supervisors, assignments.values(), Some(&base.topology_id));
         let placed = match schedule(&executors, base.num_workers, &free) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(topology = %base.name, "cannot schedule: {e}");
-                return Ok(false);
+                return Ok(None);
             }
         };
-        let previous = self.state().assignment(&base.topology_id).await?;
+        let previous = assignments.get(&base.topology_id);
         let now = now_secs();
         let mut assignment = Assignment {
             topology_id: base.topology_id.clone(),
@@ -294,51 +511,106 @@ impl Nimbus {
             executors: placed,
             node_host,
             slot_start_secs: BTreeMap::new(),
-            version: previous.as_ref().map_or(1, |p| p.version + 1),
-            epoch: previous.as_ref().map_or(1, |p| p.epoch + 1),
+            version: previous.map_or(1, |p| p.version + 1),
+            epoch: previous.map_or(1, |p| p.epoch + 1),
         };
+        let used: BTreeSet<String> = assignment.slots().iter().map(|s| s.node.clone()).collect();
+        assignment.node_host.retain(|node, _| used.contains(node));
         for slot in assignment.slots() {
             assignment.slot_start_secs.insert(slot.to_string(), now);
         }
         tracing::info!(
             topology = %base.name,
             version = assignment.version,
+            epoch = assignment.epoch,
             "assigned {} executors to {:?}",
             assignment.executors.len(),
             assignment.slots().iter().map(|s| s.to_string()).collect::<Vec<_>>()
         );
         self.state().set_assignment(&assignment).await?;
-        Ok(true)
+        Ok(Some(assignment))
     }
 
-    /// Finishes due kills and rebalances; schedules what needs a (new) place.
-    async fn monitor(&self) -> Result<(), NimbusError> {
-        let _guard = self.lock.lock().await;
+    /// Moves the executors of `dead` slots (and only those) and stores the assignment:
+    /// a new version, the same epoch.
+    async fn repair(
+        &self,
+        base: &StormBase,
+        current: &Assignment,
+        dead: &BTreeSet<WorkerSlot>,
+        supervisors: &[SupervisorInfo],
+        assignments: &HashMap<String, Assignment>,
+    ) -> Result<Option<Assignment>, NimbusError> {
+        let (free, hosts) = free_slots(supervisors, assignments.values(), None);
+        let placed = match reschedule(&current.executors, dead, base.num_workers, &free) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(topology = %base.name, "cannot move the executors of dead workers {:?}: {e}",
+                    dead.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+                return Ok(None);
+            }
+        };
+        let mut next = current.clone();
+        next.executors = placed;
+        next.version += 1;
+        next.node_host.extend(hosts);
+        let used: BTreeSet<String> = next.slots().iter().map(|s| s.node.clone()).collect();
+        next.node_host.retain(|node, _| used.contains(node));
         let now = now_secs();
-        let live: Vec<String> = self
-            .state()
-            .supervisors()
-            .await?
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        let mut starts = BTreeMap::new();
+        for slot in next.slots() {
+            let key = slot.to_string();
+            let same = current.executors_of(&slot) == next.executors_of(&slot);
+            let start = match current.slot_start_secs.get(&key) {
+                Some(&t) if same => t,
+                _ => now,
+            };
+            starts.insert(key, start);
+        }
+        next.slot_start_secs = starts;
+        tracing::warn!(
+            topology = %base.name,
+            version = next.version,
+            "workers {:?} are dead; their executors move to {:?}",
+            dead.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            next.slots().iter().filter(|s| !current.slots().contains(s) || current.executors_of(s) != next.executors_of(s)).map(|s| s.to_string()).collect::<Vec<_>>()
+        );
+        self.state().set_assignment(&next).await?;
+        Ok(Some(next))
+    }
+
+    /// One pass of the leader's monitor; `full` adds failure detection and spreading.
+    async fn monitor(&self, full: bool) -> Result<(), NimbusError> {
+        let _guard = self.lock.lock().await;
+        if !self.is_leader() {
+            return Ok(());
+        }
+        let now = now_secs();
+        let (supervisors, mut assignments) = self.cluster_now().await?;
         for mut base in self.state().storms().await? {
+            if !self.is_leader() {
+                break;
+            }
+            let id = base.topology_id.clone();
             let due = base.action_at_secs.is_none_or(|t| t <= now);
             match base.status {
                 TopologyStatus::Killed if due => {
                     tracing::info!(topology = %base.name, "killed: removing its assignment and state");
-                    self.state().remove_assignment(&base.topology_id).await?;
-                    self.state().remove_errors(&base.topology_id).await?;
-                    self.state().remove_storm(&base.topology_id).await?;
-                    let _ = std::fs::remove_file(self.code_path(&base.topology_id));
-                    self.lock_heartbeats().remove(&base.topology_id);
+                    self.state().remove_assignment(&id).await?;
+                    self.state().remove_errors(&id).await?;
+                    self.state().remove_storm(&id).await?;
+                    self.state().remove_code(&id).await?;
+                    self.lock_code_cache().remove(&id);
+                    self.lock_heartbeats().remove(&id);
+                    self.lock_liveness().forget_topology(&id);
+                    assignments.remove(&id);
                 }
                 TopologyStatus::Rebalancing if due => {
                     let req = base.rebalance.take().unwrap_or_default();
                     if let Some(n) = req.num_workers {
                         base.num_workers = n.max(1);
                     }
-                    let code = self.read_code(&base.topology_id);
+                    let code = self.code(&id).await;
                     for (component, n) in req.executors {
                         let max = code
                             .as_ref()
@@ -350,16 +622,52 @@ impl Nimbus {
                     base.action_at_secs = None;
                     self.state().set_storm(&base).await?;
                     tracing::info!(topology = %base.name, "rebalancing to {} workers", base.num_workers);
-                    self.assign(&base).await?;
+                    if let Some(a) = self.assign(&base, &supervisors, &assignments).await? {
+                        assignments.insert(id, a);
+                    }
                 }
                 TopologyStatus::Killed | TopologyStatus::Rebalancing => {}
                 TopologyStatus::Active | TopologyStatus::Inactive => {
-                    let needs = match self.state().assignment(&base.topology_id).await? {
-                        None => true,
-                        Some(a) => a.slots().iter().any(|s| !live.contains(&s.node)),
+                    let Some(current) = assignments.get(&id).cloned() else {
+                        if let Some(a) = self.assign(&base, &supervisors, &assignments).await? {
+                            assignments.insert(id, a);
+                        }
+                        continue;
                     };
-                    if needs {
-                        self.assign(&base).await?;
+                    let instant = Instant::now();
+                    self.lock_liveness().observe_assignment(instant, &current);
+                    if !full {
+                        continue;
+                    }
+                    let beats: BTreeMap<WorkerSlot, Instant> = self
+                        .lock_heartbeats()
+                        .get(&id)
+                        .map(|m| m.iter().map(|(s, (t, _))| (s.clone(), *t)).collect())
+                        .unwrap_or_default();
+                    let dead =
+                        self.lock_liveness()
+                            .dead_slots(&current, &beats, instant, &self.timeouts);
+                    let next = if !dead.is_empty() {
+                        self.repair(&base, &current, &dead, &supervisors, &assignments)
+                            .await?
+                    } else {
+                        let (free, _) = free_slots(&supervisors, assignments.values(), None);
+                        let free_count = free.iter().map(|f| f.ports.len()).sum();
+                        if should_spread(
+                            current.slots().len(),
+                            base.num_workers,
+                            current.executors.len(),
+                            free_count,
+                        ) {
+                            tracing::info!(topology = %base.name, "slots are free again: spreading it over up to {} workers", base.num_workers);
+                            self.assign(&base, &supervisors, &assignments).await?
+                        } else {
+                            None
+                        }
+                    };
+                    if let Some(a) = next {
+                        self.lock_liveness().observe_assignment(Instant::now(), &a);
+                        assignments.insert(id, a);
                     }
                 }
             }
@@ -367,12 +675,17 @@ impl Nimbus {
         Ok(())
     }
 
-    pub fn lock_view(&self) -> std::sync::MutexGuard<'_, HashMap<String, TopologyView>> {
+    pub fn lock_view(&self) -> std::sync::MutexGuard<'_, View> {
         self.view.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Re-reads every topology's status and assignment into the heartbeat view.
+    /// Re-reads every topology's status and assignment into the heartbeat view (leader
+    /// only; the view counts as loaded from then on, for this term).
     pub async fn refresh_view(&self) {
+        let term = self.term.load(Ordering::SeqCst);
+        if !self.is_leader() {
+            return;
+        }
         let state = self.state();
         let (storms, assignments) = match (state.storms().await, state.assignments().await) {
             (Ok(s), Ok(a)) => (s, a),
@@ -381,23 +694,40 @@ impl Nimbus {
                 return;
             }
         };
-        let view = storms
+        let topologies = storms
             .into_iter()
             .filter_map(|b| {
                 let a = assignments
                     .iter()
                     .find(|a| a.topology_id == b.topology_id)?;
+                let mut slots: BTreeMap<WorkerSlot, Vec<(u32, u32)>> = BTreeMap::new();
+                for e in &a.executors {
+                    slots
+                        .entry(e.slot.clone())
+                        .or_default()
+                        .push((e.first.0, e.last.0));
+                }
+                for execs in slots.values_mut() {
+                    execs.sort_unstable();
+                }
                 Some((
                     b.topology_id.clone(),
                     TopologyView {
                         status: b.status,
                         version: a.version,
-                        slots: a.slots(),
+                        epoch: a.epoch,
+                        slots,
                     },
                 ))
             })
             .collect();
-        *self.lock_view() = view;
+        let mut view = self.lock_view();
+        if self.term.load(Ordering::SeqCst) == term && self.is_leader() {
+            *view = View {
+                loaded: true,
+                topologies,
+            };
+        }
     }
 
     pub fn lock_heartbeats(&self) -> std::sync::MutexGuard<'_, Heartbeats> {
@@ -412,6 +742,18 @@ impl Nimbus {
             .await?
             .into_iter()
             .find(|b| b.name == name))
+    }
+
+    /// The binaries of live topologies that this Nimbus does not hold.
+    pub async fn missing_binaries(&self) -> Result<BTreeSet<String>, StateError> {
+        Ok(self
+            .state()
+            .storms()
+            .await?
+            .into_iter()
+            .map(|b| b.binary_sha256)
+            .filter(|sha| !exists(&self.binary_path(sha)))
+            .collect())
     }
 }
 
