@@ -129,7 +129,6 @@ impl Settings {
             .map_err(io_err(format!("creating {}", sup_dir.display())))?;
         let hostname = squall_cluster::local_hostname(conf);
         let id = supervisor_id(&sup_dir, &hostname)?;
-        let nimbus_port = conf.nimbus_port()?;
         let secret = Secret::load(conf)?;
         let secret_file = match conf.get_str(keys::SQUALL_SECRET_FILE)? {
             Some(p) if secret.is_some() => {
@@ -146,11 +145,7 @@ impl Settings {
             hostname,
             ports: conf.supervisor_slot_ports()?,
             local_dir,
-            nimbus: conf
-                .nimbus_seeds()?
-                .into_iter()
-                .map(|h| format!("{h}:{nimbus_port}"))
-                .collect(),
+            nimbus: squall_cluster::rpc::nimbus_addresses(conf)?,
             secret,
             secret_file,
             timeouts: Timeouts {
