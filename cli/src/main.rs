@@ -101,12 +101,31 @@ enum Cmd {
     Version,
 }
 
+/// Namespaces of cluster keys: an unknown key in one of them is a typo, refused.
+const CLUSTER_NAMESPACES: &[&str] = &[
+    "storm.", "nimbus.", "supervisor.", "worker.", "ui.", "logviewer.", "drpc.", "squall.",
+    "dev.",
+];
+
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let default = std::env::var_os("HOME")
         .map(|h| Path::new(&h).join(".squall/storm.yaml"))
         .filter(|p| p.is_file());
     let file = cli.config.clone().or(default);
-    Ok(config::load(file.as_deref(), &cli.conf)?)
+    // `-c` given to `jar`/`local` is the topology's configuration too (as with
+    // `storm jar`), which is open: a key outside the cluster's namespaces is the
+    // topology's own (e.g. `-c my.app.threshold=3`) and only travels to it.
+    let topology_args = matches!(cli.cmd, Cmd::Jar { .. } | Cmd::Local { .. });
+    let mut cluster_overrides = Vec::new();
+    for arg in &cli.conf {
+        let (key, _) = config::parse_override(arg)?;
+        let own = !config::is_known_key(&key)
+            && !CLUSTER_NAMESPACES.iter().any(|ns| key.starts_with(ns));
+        if !(topology_args && own) {
+            cluster_overrides.push(arg.clone());
+        }
+    }
+    Ok(config::load(file.as_deref(), &cluster_overrides)?)
 }
 
 fn overrides_json(cli: &Cli) -> anyhow::Result<String> {
