@@ -741,7 +741,12 @@ impl TopologyBuilder {
     /// let topology = builder.create_topology().unwrap();
     /// assert!(topology.new_spout("numbers").is_some());
     /// ```
-    pub fn set_spout_with<S, F>(&mut self, id: &str, make: F, parallelism: u32) -> ComponentDeclarer<'_>
+    pub fn set_spout_with<S, F>(
+        &mut self,
+        id: &str,
+        make: F,
+        parallelism: u32,
+    ) -> ComponentDeclarer<'_>
     where
         S: Spout,
         F: Fn() -> S + Send + Sync + 'static,
@@ -797,7 +802,12 @@ impl TopologyBuilder {
     ///     .fields_grouping("words", ["word"]);
     /// builder.create_topology().unwrap();
     /// ```
-    pub fn set_bolt_with<B, F>(&mut self, id: &str, make: F, parallelism: u32) -> ComponentDeclarer<'_>
+    pub fn set_bolt_with<B, F>(
+        &mut self,
+        id: &str,
+        make: F,
+        parallelism: u32,
+    ) -> ComponentDeclarer<'_>
     where
         B: Bolt,
         F: Fn() -> B + Send + Sync + 'static,

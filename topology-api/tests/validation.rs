@@ -395,7 +395,9 @@ fn factory_forms_make_one_instance_per_call_and_read_outputs_from_one_instance()
     assert_eq!(spout.conf.max_spout_pending().unwrap(), Some(7));
     assert_eq!(spout.parallelism, 3);
     assert_eq!(
-        t.spec().components["count"].outputs["default"].fields.names(),
+        t.spec().components["count"].outputs["default"]
+            .fields
+            .names(),
         ["seen"]
     );
     // Every task instance is a fresh call of the factory.
