@@ -233,6 +233,8 @@ impl ExecutorCore {
         values: squall_api::Values,
         anchors: squall_api::Anchors,
     ) -> Tuple {
+        // The caller checked `stream` against the schemas (a message from another
+        // worker may carry anything).
         Tuple::new(self.schemas[stream as usize].clone(), source, values).with_anchors(anchors)
     }
 }
@@ -386,7 +388,7 @@ pub(crate) fn run_bolt(
                             source,
                             values,
                             anchors,
-                        } if index < bolts.len() => {
+                        } if index < bolts.len() && (stream as usize) < core.schemas.len() => {
                             let tuple = core.tuple(stream, source, values, anchors);
                             execute(&mut core, &mut bolts, index, tuple);
                         }

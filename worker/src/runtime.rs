@@ -199,6 +199,31 @@ fn make_instances<T>(
         .collect()
 }
 
+/// The outermost frame of an executor thread: runs the executor's loop `run`. User code
+/// is guarded inside the loops, so a panic that reaches this frame is a runtime bug: it
+/// is logged, recorded as an error of the component and marks the executor failed, so
+/// [`TopologyRuntime::failed_executor`] reports it instead of a silently dead thread.
+fn executor_thread(
+    component: &ComponentId,
+    first: TaskId,
+    health: &ExecutorHealth,
+    errors: &ErrorLog,
+    run: impl FnOnce(),
+) {
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(()) => health.ended(first),
+        Err(panic) => {
+            let cause = format!(
+                "the executor thread panicked outside user code (a Squall bug): {}",
+                take_panic_message(panic)
+            );
+            tracing::error!(%component, task = %first, "{cause}");
+            errors.push(component.clone(), first, cause.clone());
+            health.fail(first, cause);
+        }
+    }
+}
+
 impl TopologyRuntime {
     /// Starts every executor of `layout` in this process (local mode).
     pub fn start(
@@ -432,26 +457,19 @@ impl TopologyRuntime {
             let component = p.component.clone();
             let (core, instances, contexts) = (p.core, p.instances, p.contexts);
             let body = move || {
-                let run = catch_unwind(AssertUnwindSafe(move || match instances {
-                    Instances::Acker => run_acker(core),
-                    Instances::Spouts(spouts, settings) => {
-                        run_spout(core, spouts, contexts, settings)
-                    }
-                    Instances::Bolts(bolts) => run_bolt(core, bolts, contexts),
-                }));
-                match run {
-                    Ok(()) => health.ended(first),
-                    Err(panic) => {
-                        // Not user code (that is guarded inside the loops): a runtime bug.
-                        let cause = format!(
-                            "the executor thread panicked outside user code (a Squall bug): {}",
-                            take_panic_message(panic)
-                        );
-                        tracing::error!(%component, task = %first, "{cause}");
-                        errors.push(component, first, cause.clone());
-                        health.fail(first, cause);
-                    }
-                }
+                executor_thread(
+                    &component,
+                    first,
+                    &health,
+                    &errors,
+                    move || match instances {
+                        Instances::Acker => run_acker(core),
+                        Instances::Spouts(spouts, settings) => {
+                            run_spout(core, spouts, contexts, settings)
+                        }
+                        Instances::Bolts(bolts) => run_bolt(core, bolts, contexts),
+                    },
+                );
                 let _ = done.send(());
             };
             let thread = match std::thread::Builder::new().name(name).spawn(body) {
@@ -763,5 +781,57 @@ pub fn summarize(h: &hdrhistogram::Histogram<u64>) -> LatencySummary {
         p99: h.value_at_quantile(0.99) as f64 / 1000.0,
         max: h.max() as f64 / 1000.0,
         mean: h.mean() / 1000.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_outside_user_code_marks_the_executor_failed_and_is_reported() {
+        let (component, task) = (ComponentId::new("count"), TaskId(4));
+        let health = ExecutorHealth::default();
+        let errors = ErrorLog::default();
+        executor_thread(&component, task, &health, &errors, || {
+            panic!("index out of bounds")
+        });
+        let (t, cause) = health.failure().expect("the executor is failed");
+        assert_eq!(t, task);
+        assert_eq!(
+            cause,
+            "the executor thread panicked outside user code (a Squall bug): index out of bounds"
+        );
+        let e = errors.snapshot();
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].component.as_str(), e[0].task), ("count", task));
+
+        // A loop that returns normally only ends the executor; one that never finished
+        // its setup failed.
+        let ok = ExecutorHealth::default();
+        executor_thread(&component, task, &ok, &errors, || {});
+        assert!(ok.failure().unwrap().1.contains("ended during its setup"));
+    }
+
+    #[test]
+    fn failures_name_kind_component_task_host_port_and_cause() {
+        let mut f = ExecutorFailure {
+            kind: ComponentKind::Spout,
+            component: ComponentId::new("words"),
+            task: TaskId(3),
+            host: Some("node-1".into()),
+            port: Some(6701),
+            cause: "open returned an error: no such file".into(),
+        };
+        assert_eq!(
+            f.to_string(),
+            "spout 'words' task 3 on node-1:6701 failed: open returned an error: no such file"
+        );
+        f.host = None;
+        f.port = None;
+        assert_eq!(
+            f.to_string(),
+            "spout 'words' task 3 failed: open returned an error: no such file"
+        );
     }
 }
