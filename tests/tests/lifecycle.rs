@@ -520,3 +520,38 @@ fn errors_keep_their_sequence_past_the_ten_kept() {
     assert_eq!(newer[3].error, "second complaint about 12");
     rt.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn a_bad_config_is_refused_before_any_task_opens() {
+    let events = Events::default();
+    let mut b = TopologyBuilder::new();
+    b.set_spout("cspout", Numbers::new("spout", Setup::Ok, 10, &events), 1);
+    b.set_bolt(
+        "cbolt",
+        Sink::new("bolt", Setup::Ok, Some(Duration::ZERO), &events),
+        1,
+    )
+    .shuffle_grouping("cspout")
+    .add_configuration(squall_api::config::keys::TOPOLOGY_TICK_TUPLE_FREQ_SECS, 5);
+    let topology = b.create_topology().unwrap();
+    let mut conf = Config::new();
+    conf.set(
+        squall_api::config::keys::TOPOLOGY_BATCH_FLUSH_INTERVAL_MILLIS,
+        "soon",
+    );
+    let cluster = LocalCluster::new();
+    let err = cluster
+        .submit_topology("bad-conf", &conf, &topology)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("topology.batch.flush.interval.millis"),
+        "{err}"
+    );
+    assert_eq!(events.get("spout.setup") + events.get("bolt.setup"), 0);
+    assert_eq!(threads_named("squall-c"), 0);
+    // The runtime itself refuses it too, before any thread starts.
+    let layout = Arc::new(TaskLayout::new(topology.spec(), 1));
+    assert!(TopologyRuntime::start("x-1-1", &topology, &conf, layout, true).is_err());
+    assert_eq!(events.get("spout.setup") + events.get("bolt.setup"), 0);
+}
