@@ -78,8 +78,9 @@ impl Pacer {
 }
 
 impl Spout for SentenceSpout {
-    fn open(&mut self, _conf: &Config, _ctx: &TopologyContext) {
+    fn open(&mut self, _conf: &Config, _ctx: &TopologyContext) -> Result<(), BoxError> {
         self.pacer = self.rate.map(Pacer::new);
+        Ok(())
     }
 
     fn next_tuple(&mut self, out: &mut SpoutOutputCollector<'_>) {
@@ -317,8 +318,9 @@ impl ConstSpout {
 }
 
 impl Spout for ConstSpout {
-    fn open(&mut self, _conf: &Config, _ctx: &TopologyContext) {
+    fn open(&mut self, _conf: &Config, _ctx: &TopologyContext) -> Result<(), BoxError> {
         self.pacer = self.rate.map(Pacer::new);
+        Ok(())
     }
 
     fn next_tuple(&mut self, out: &mut SpoutOutputCollector<'_>) {
@@ -366,14 +368,15 @@ impl Bolt for DevNullBolt {
     }
 }
 
-/// Logs to stderr at `warn` (or as `RUST_LOG` says), for the example binaries.
+/// Logs to stderr at `warn` (or as `RUST_LOG` says), for the example binaries; does
+/// nothing when a subscriber is installed already.
 pub fn init_logging() {
-    tracing_subscriber::fmt()
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
-        .init();
+        .try_init();
 }
 
 /// The README's code examples, compiled as doc tests so they stay true.

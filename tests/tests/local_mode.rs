@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use squall_api::{
-    values, Bolt, Config, CustomStreamGrouping, GlobalStreamId, OutputCollector,
+    values, Bolt, BoxError, Config, CustomStreamGrouping, GlobalStreamId, OutputCollector,
     OutputFieldsDeclarer, Spout, SpoutOutputCollector, TaskId, TopologyBuilder, TopologyContext,
     Tuple, Value,
 };
@@ -295,8 +295,9 @@ struct KeySpout {
 }
 
 impl Spout for KeySpout {
-    fn open(&mut self, _conf: &Config, ctx: &TopologyContext) {
+    fn open(&mut self, _conf: &Config, ctx: &TopologyContext) -> Result<(), BoxError> {
         self.direct_targets = ctx.component_tasks("direct").to_vec();
+        Ok(())
     }
     fn next_tuple(&mut self, out: &mut SpoutOutputCollector<'_>) {
         if self.next >= self.n {
@@ -322,8 +323,9 @@ struct Recorder {
 }
 
 impl Bolt for Recorder {
-    fn prepare(&mut self, _conf: &Config, ctx: &TopologyContext) {
+    fn prepare(&mut self, _conf: &Config, ctx: &TopologyContext) -> Result<(), BoxError> {
         self.task = ctx.this_task_id();
+        Ok(())
     }
     fn execute(&mut self, input: Tuple, out: &mut OutputCollector<'_>) {
         lock(&self.log).push((self.task, input.values()[0].clone()));

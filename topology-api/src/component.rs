@@ -15,9 +15,39 @@ use crate::value::{Value, Values};
 /// The runtime calls every method from one thread. `next_tuple` should return quickly
 /// and emit nothing when it has nothing to emit: the runtime then waits a little
 /// (`topology.sleep.spout.wait.strategy.time.ms`) before it asks again.
+///
+/// ```
+/// use squall_api::{values, BoxError, Config, OutputFieldsDeclarer, Spout,
+///     SpoutOutputCollector, TopologyContext};
+/// struct Lines { lines: Vec<String> }
+/// impl Spout for Lines {
+///     fn open(&mut self, conf: &Config, _ctx: &TopologyContext) -> Result<(), BoxError> {
+///         // An `Err` stops the topology from starting, naming this component and task.
+///         let path = conf.get_str("lines.path")?.ok_or("lines.path is not set")?;
+///         self.lines = vec![format!("read from {path}")];
+///         Ok(())
+///     }
+///     fn next_tuple(&mut self, out: &mut SpoutOutputCollector<'_>) {
+///         if let Some(line) = self.lines.pop() {
+///             out.emit(values![line]);
+///         }
+///     }
+///     fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) {
+///         d.declare(["line"]);
+///     }
+/// }
+/// ```
 pub trait Spout: Send + 'static {
-    /// Called once when the task starts.
-    fn open(&mut self, _conf: &Config, _ctx: &TopologyContext) {}
+    /// Called once when the task starts, before any other method but
+    /// `declare_output_fields` / `component_configuration`.
+    ///
+    /// An `Err` (or a panic) is reported as an error of this component and task (with
+    /// the worker's host and port) and the spout never gets `next_tuple`: in local mode
+    /// `LocalCluster::submit_topology` fails with that error and nothing of the
+    /// topology keeps running; a worker process exits and its supervisor restarts it.
+    fn open(&mut self, _conf: &Config, _ctx: &TopologyContext) -> Result<(), BoxError> {
+        Ok(())
+    }
 
     /// Emits zero or more tuples.
     fn next_tuple(&mut self, out: &mut SpoutOutputCollector<'_>);
@@ -51,8 +81,15 @@ pub trait Spout: Send + 'static {
 /// The bolt must `ack` or `fail` every input tuple (see [`BasicBolt`] for a bolt that
 /// does so automatically).
 pub trait Bolt: Send + 'static {
-    /// Called once when the task starts.
-    fn prepare(&mut self, _conf: &Config, _ctx: &TopologyContext) {}
+    /// Called once when the task starts, before any tuple arrives.
+    ///
+    /// An `Err` (or a panic) is reported as an error of this component and task (with
+    /// the worker's host and port): in local mode `LocalCluster::submit_topology` fails
+    /// with that error and nothing of the topology keeps running; a worker process exits
+    /// and its supervisor restarts it.
+    fn prepare(&mut self, _conf: &Config, _ctx: &TopologyContext) -> Result<(), BoxError> {
+        Ok(())
+    }
 
     /// Processes one input tuple.
     fn execute(&mut self, input: Tuple, out: &mut OutputCollector<'_>);
@@ -93,8 +130,10 @@ pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 /// }
 /// ```
 pub trait BasicBolt: Send + 'static {
-    /// Called once when the task starts.
-    fn prepare(&mut self, _conf: &Config, _ctx: &TopologyContext) {}
+    /// Called once when the task starts; an `Err` is handled as for [`Bolt::prepare`].
+    fn prepare(&mut self, _conf: &Config, _ctx: &TopologyContext) -> Result<(), BoxError> {
+        Ok(())
+    }
 
     /// Processes one input tuple; `Err` fails it.
     fn execute(
@@ -116,7 +155,7 @@ pub trait BasicBolt: Send + 'static {
 }
 
 impl<B: BasicBolt> Bolt for B {
-    fn prepare(&mut self, conf: &Config, ctx: &TopologyContext) {
+    fn prepare(&mut self, conf: &Config, ctx: &TopologyContext) -> Result<(), BoxError> {
         BasicBolt::prepare(self, conf, ctx)
     }
 

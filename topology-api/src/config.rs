@@ -51,6 +51,15 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// The key whose value is wrong.
+    pub fn key(&self) -> &str {
+        match self {
+            ConfigError::Invalid { key, .. } => key,
+        }
+    }
+}
+
 /// A topology's configuration: Storm's dotted keys plus any user keys, all handed to
 /// every component in `open` / `prepare`.
 ///

@@ -15,9 +15,11 @@
 //! | `OutputCollector`, `SpoutOutputCollector` | [`OutputCollector`], [`SpoutOutputCollector`] |
 //! | `CustomStreamGrouping` | [`CustomStreamGrouping`] |
 //!
-//! Components are plain structs that implement a trait; the builder clones one
-//! instance per task, so a component holds its configuration and opens connections in
-//! `open` / `prepare`, as in Storm.
+//! Components are plain structs that implement a trait. The builder makes one instance
+//! per task, by cloning the one given to `set_spout` / `set_bolt`, or by calling the
+//! closure given to `set_spout_with` / `set_bolt_with` (no `Clone` needed). A component
+//! holds its configuration and opens connections in `open` / `prepare`, which may fail
+//! with an error that names the component and task, as in Storm.
 //!
 //! [`LocalCluster`-style local mode]: https://storm.apache.org/releases/current/Local-mode.html
 #![deny(missing_docs)]

@@ -176,6 +176,25 @@ pub enum TopologyError {
     /// A component of the spec has no code in this binary (submission mismatch).
     #[error("component '{0}' has no implementation in this binary")]
     MissingImplementation(String),
+    /// A component's own configuration (or the topology's merged under it) has a bad
+    /// value.
+    #[error("component '{component}' has an invalid configuration: {error}")]
+    InvalidComponentConfig {
+        /// The component.
+        component: String,
+        /// The key with the bad value.
+        key: String,
+        /// What is wrong with it.
+        error: String,
+    },
+    /// The topology's configuration has a bad value.
+    #[error("invalid topology configuration: {error}")]
+    InvalidConfig {
+        /// The key with the bad value.
+        key: String,
+        /// What is wrong with it.
+        error: String,
+    },
 }
 
 fn check_id(what: &'static str, id: &str) -> Result<(), TopologyError> {
@@ -189,7 +208,9 @@ fn check_id(what: &'static str, id: &str) -> Result<(), TopologyError> {
 }
 
 impl TopologySpec {
-    /// Checks the whole graph: ids, parallelism, sources, streams, fields, groupings.
+    /// Checks the whole graph: ids, parallelism, sources, streams, fields, groupings,
+    /// and every component's own configuration (as [`Config::validate`] does, merged
+    /// over nothing).
     pub fn validate(&self) -> Result<(), TopologyError> {
         if !self
             .components
@@ -218,6 +239,13 @@ impl TopologySpec {
             if c.kind == ComponentKind::Spout && !c.inputs.is_empty() {
                 return Err(TopologyError::SpoutWithInputs(id.to_string()));
             }
+            c.conf
+                .validate()
+                .map_err(|e| TopologyError::InvalidComponentConfig {
+                    component: id.to_string(),
+                    key: e.key().to_owned(),
+                    error: e.to_string(),
+                })?;
             for (i, sub) in c.inputs.iter().enumerate() {
                 if c.inputs[..i].iter().any(|s| s.source == sub.source) {
                     return Err(TopologyError::DuplicateSubscription {
@@ -226,6 +254,33 @@ impl TopologySpec {
                     });
                 }
                 self.check_subscription(id, sub)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the configuration each component runs with: `conf` (the topology's) with
+    /// the component's own configuration merged over it. A bad value is blamed on the
+    /// component when the component sets that key, else on the topology's
+    /// configuration. Runtimes call this before they start any thread.
+    pub fn validate_with_conf(&self, conf: &Config) -> Result<(), TopologyError> {
+        let blame_topology = |e: crate::config::ConfigError| TopologyError::InvalidConfig {
+            key: e.key().to_owned(),
+            error: e.to_string(),
+        };
+        conf.validate().map_err(blame_topology)?;
+        for (id, c) in &self.components {
+            let mut merged = conf.clone();
+            merged.merge(&c.conf);
+            if let Err(e) = merged.validate() {
+                if c.conf.get(e.key()).is_some() {
+                    return Err(TopologyError::InvalidComponentConfig {
+                        component: id.to_string(),
+                        key: e.key().to_owned(),
+                        error: e.to_string(),
+                    });
+                }
+                return Err(blame_topology(e));
             }
         }
         Ok(())
@@ -512,6 +567,20 @@ impl Topology {
     }
 }
 
+/// A spout's declared outputs and component configuration.
+fn spout_shape(spout: &dyn Spout) -> (OutputFieldsDeclarer, Config) {
+    let mut declarer = OutputFieldsDeclarer::default();
+    spout.declare_output_fields(&mut declarer);
+    (declarer, spout.component_configuration())
+}
+
+/// A bolt's declared outputs and component configuration.
+fn bolt_shape(bolt: &dyn Bolt) -> (OutputFieldsDeclarer, Config) {
+    let mut declarer = OutputFieldsDeclarer::default();
+    bolt.declare_output_fields(&mut declarer);
+    (declarer, bolt.component_configuration())
+}
+
 /// Builds a topology the way Storm's `TopologyBuilder` does.
 ///
 /// ```
@@ -598,18 +667,14 @@ impl TopologyBuilder {
         cid
     }
 
-    /// Adds a spout with `parallelism` executors (and as many tasks). Each task gets its
-    /// own clone of `spout`; open connections in `open`, not before.
-    pub fn set_spout<S: Spout + Clone>(
+    /// Adds a spout whose outputs and component configuration are those of `template`.
+    fn add_spout(
         &mut self,
         id: &str,
-        spout: S,
+        (declarer, conf): (OutputFieldsDeclarer, Config),
+        factory: SpoutFactory,
         parallelism: u32,
     ) -> ComponentDeclarer<'_> {
-        let mut declarer = OutputFieldsDeclarer::default();
-        spout.declare_output_fields(&mut declarer);
-        let conf = spout.component_configuration();
-        let factory: SpoutFactory = Box::new(move || Box::new(spout.clone()));
         let id = self.add(
             id,
             ComponentKind::Spout,
@@ -621,18 +686,14 @@ impl TopologyBuilder {
         ComponentDeclarer { builder: self, id }
     }
 
-    /// Adds a bolt with `parallelism` executors (and as many tasks). Each task gets its
-    /// own clone of `bolt`.
-    pub fn set_bolt<B: Bolt + Clone>(
+    /// Adds a bolt whose outputs and component configuration are those of `template`.
+    fn add_bolt(
         &mut self,
         id: &str,
-        bolt: B,
+        (declarer, conf): (OutputFieldsDeclarer, Config),
+        factory: BoltFactory,
         parallelism: u32,
     ) -> ComponentDeclarer<'_> {
-        let mut declarer = OutputFieldsDeclarer::default();
-        bolt.declare_output_fields(&mut declarer);
-        let conf = bolt.component_configuration();
-        let factory: BoltFactory = Box::new(move || Box::new(bolt.clone()));
         let id = self.add(
             id,
             ComponentKind::Bolt,
@@ -644,7 +705,120 @@ impl TopologyBuilder {
         ComponentDeclarer { builder: self, id }
     }
 
-    /// Validates the graph and returns the topology, or the first problem found.
+    /// Adds a spout with `parallelism` executors (and as many tasks). Each task gets its
+    /// own clone of `spout`; open connections in `open`, not before. For a spout that
+    /// cannot (or should not) be cloned, use [`set_spout_with`](Self::set_spout_with).
+    pub fn set_spout<S: Spout + Clone>(
+        &mut self,
+        id: &str,
+        spout: S,
+        parallelism: u32,
+    ) -> ComponentDeclarer<'_> {
+        let shape = spout_shape(&spout);
+        let factory: SpoutFactory = Box::new(move || Box::new(spout.clone()));
+        self.add_spout(id, shape, factory, parallelism)
+    }
+
+    /// Adds a spout whose instances `make` creates: no `Clone` needed. `make` is called
+    /// once per task in every process that runs the topology (the builder runs in each
+    /// of them), and once here to read the spout's output fields and component
+    /// configuration from an instance that is then dropped. Keep it cheap and free of
+    /// side effects; open connections in `open`.
+    ///
+    /// ```
+    /// use squall_api::{values, OutputFieldsDeclarer, Spout, SpoutOutputCollector,
+    ///     TopologyBuilder};
+    /// struct Counter { n: u64, buffer: Vec<u8> } // no Clone
+    /// impl Spout for Counter {
+    ///     fn next_tuple(&mut self, out: &mut SpoutOutputCollector<'_>) {
+    ///         self.n += 1;
+    ///         out.emit(values![self.n as i64]);
+    ///     }
+    ///     fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) { d.declare(["n"]); }
+    /// }
+    /// let mut builder = TopologyBuilder::new();
+    /// builder.set_spout_with("numbers", || Counter { n: 0, buffer: Vec::with_capacity(4096) }, 2);
+    /// let topology = builder.create_topology().unwrap();
+    /// assert!(topology.new_spout("numbers").is_some());
+    /// ```
+    pub fn set_spout_with<S, F>(
+        &mut self,
+        id: &str,
+        make: F,
+        parallelism: u32,
+    ) -> ComponentDeclarer<'_>
+    where
+        S: Spout,
+        F: Fn() -> S + Send + Sync + 'static,
+    {
+        let shape = spout_shape(&make());
+        let factory: SpoutFactory = Box::new(move || Box::new(make()));
+        self.add_spout(id, shape, factory, parallelism)
+    }
+
+    /// Adds a bolt with `parallelism` executors (and as many tasks). Each task gets its
+    /// own clone of `bolt`; open connections in `prepare`. For a bolt that cannot (or
+    /// should not) be cloned, use [`set_bolt_with`](Self::set_bolt_with).
+    pub fn set_bolt<B: Bolt + Clone>(
+        &mut self,
+        id: &str,
+        bolt: B,
+        parallelism: u32,
+    ) -> ComponentDeclarer<'_> {
+        let shape = bolt_shape(&bolt);
+        let factory: BoltFactory = Box::new(move || Box::new(bolt.clone()));
+        self.add_bolt(id, shape, factory, parallelism)
+    }
+
+    /// Adds a bolt whose instances `make` creates: no `Clone` needed (state such as a
+    /// `HashMap` of counts starts fresh in each task). `make` is called once per task
+    /// in every process that runs the topology, and once here to read the bolt's output
+    /// fields and component configuration from an instance that is then dropped.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use squall_api::{values, BasicBolt, BasicOutputCollector, BoxError,
+    ///     OutputFieldsDeclarer, TopologyBuilder, Tuple};
+    /// # use squall_api::{Spout, SpoutOutputCollector};
+    /// # struct Words;
+    /// # impl Spout for Words {
+    /// #     fn next_tuple(&mut self, _out: &mut SpoutOutputCollector<'_>) {}
+    /// #     fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) { d.declare(["word"]); }
+    /// # }
+    /// struct Count { counts: HashMap<String, u64> }
+    /// impl BasicBolt for Count {
+    ///     fn execute(&mut self, t: &Tuple, out: &mut BasicOutputCollector<'_, '_>) -> Result<(), BoxError> {
+    ///         let word = t.get_string(0)?;
+    ///         let n = self.counts.entry(word.to_owned()).or_default();
+    ///         *n += 1;
+    ///         out.emit(values![word, *n as i64]);
+    ///         Ok(())
+    ///     }
+    ///     fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) { d.declare(["word", "count"]); }
+    /// }
+    /// let mut builder = TopologyBuilder::new();
+    /// builder.set_spout_with("words", || Words, 1);
+    /// builder.set_bolt_with("count", || Count { counts: HashMap::new() }, 2)
+    ///     .fields_grouping("words", ["word"]);
+    /// builder.create_topology().unwrap();
+    /// ```
+    pub fn set_bolt_with<B, F>(
+        &mut self,
+        id: &str,
+        make: F,
+        parallelism: u32,
+    ) -> ComponentDeclarer<'_>
+    where
+        B: Bolt,
+        F: Fn() -> B + Send + Sync + 'static,
+    {
+        let shape = bolt_shape(&make());
+        let factory: BoltFactory = Box::new(move || Box::new(make()));
+        self.add_bolt(id, shape, factory, parallelism)
+    }
+
+    /// Validates the graph (and every component's configuration) and returns the
+    /// topology, or the first problem found.
     pub fn create_topology(mut self) -> Result<Topology, TopologyError> {
         if let Some(e) = self.errors.drain(..).next() {
             return Err(e);

@@ -1,7 +1,8 @@
 //! Invalid topologies are rejected at build time with an error naming the problem.
 
+use squall_api::config::keys;
 use squall_api::{
-    values, Bolt, CustomStreamGrouping, GlobalStreamId, Grouping, OutputCollector,
+    values, Bolt, Config, CustomStreamGrouping, GlobalStreamId, Grouping, OutputCollector,
     OutputFieldsDeclarer, Spout, SpoutOutputCollector, TaskId, TopologyBuilder, TopologyError,
     Tuple, Value,
 };
@@ -241,4 +242,169 @@ fn task_layout_is_deterministic_and_contiguous() {
         vec![(TaskId(1), TaskId(3)), (TaskId(4), TaskId(5))]
     );
     assert_eq!(layout, squall_api::TaskLayout::new(t.spec(), 2));
+}
+
+/// A bolt whose component configuration asks for ticks "often".
+#[derive(Clone)]
+struct BadTicks;
+impl Bolt for BadTicks {
+    fn execute(&mut self, _input: Tuple, _out: &mut OutputCollector<'_>) {}
+    fn component_configuration(&self) -> Config {
+        let mut c = Config::new();
+        c.set(keys::TOPOLOGY_TICK_TUPLE_FREQ_SECS, "often");
+        c
+    }
+}
+
+#[test]
+fn a_bad_component_config_is_rejected_at_build_time_naming_component_and_key() {
+    // From the component's own `component_configuration`.
+    assert_eq!(
+        build(|b| {
+            b.set_bolt("ticked", BadTicks, 1).shuffle_grouping("spout");
+        }),
+        Err(TopologyError::InvalidComponentConfig {
+            component: "ticked".into(),
+            key: keys::TOPOLOGY_TICK_TUPLE_FREQ_SECS.into(),
+            error: "config key 'topology.tick.tuple.freq.secs' must be a non-negative integer, found \"often\"".into(),
+        })
+    );
+    // From the builder's per-component settings.
+    assert_eq!(
+        err(|b| {
+            b.set_bolt("sink", Sink, 1)
+                .shuffle_grouping("spout")
+                .add_configuration(keys::TOPOLOGY_DEBUG, "yes");
+        }),
+        "component 'sink' has an invalid configuration: config key 'topology.debug' must be true or false, found \"yes\""
+    );
+    // A good component config passes.
+    build(|b| {
+        b.set_bolt("sink", Sink, 1)
+            .shuffle_grouping("spout")
+            .add_configuration(keys::TOPOLOGY_TICK_TUPLE_FREQ_SECS, 5)
+            .set_max_spout_pending(10);
+    })
+    .unwrap();
+}
+
+#[test]
+fn nimbus_side_validation_of_a_spec_checks_component_configs() {
+    // A spec as Nimbus receives it (deserialized, never built here).
+    let mut b = TopologyBuilder::new();
+    b.set_spout("spout", Src, 1);
+    b.set_bolt("sink", Sink, 1).shuffle_grouping("spout");
+    let mut spec = b.create_topology().unwrap().spec().clone();
+    spec.validate().unwrap();
+    spec.components
+        .get_mut("spout")
+        .unwrap()
+        .conf
+        .set(keys::TOPOLOGY_MAX_SPOUT_PENDING, -3);
+    match spec.validate() {
+        Err(TopologyError::InvalidComponentConfig { component, key, .. }) => {
+            assert_eq!(component, "spout");
+            assert_eq!(key, keys::TOPOLOGY_MAX_SPOUT_PENDING);
+        }
+        other => panic!("expected a component config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn merged_config_errors_blame_the_component_that_sets_the_key() {
+    let mut b = TopologyBuilder::new();
+    b.set_spout("spout", Src, 1);
+    b.set_bolt("sink", Sink, 1)
+        .shuffle_grouping("spout")
+        .add_configuration(keys::TOPOLOGY_MESSAGE_TIMEOUT_SECS, 0);
+    // The message timeout must be positive; the component set it to 0.
+    match b.create_topology() {
+        Err(TopologyError::InvalidComponentConfig { component, key, .. }) => {
+            assert_eq!(component, "sink");
+            assert_eq!(key, keys::TOPOLOGY_MESSAGE_TIMEOUT_SECS);
+        }
+        other => panic!("expected a component config error, got {other:?}"),
+    }
+
+    let mut b = TopologyBuilder::new();
+    b.set_spout("spout", Src, 1);
+    b.set_bolt("sink", Sink, 1).shuffle_grouping("spout");
+    let t = b.create_topology().unwrap();
+    let mut conf = Config::new();
+    conf.set(keys::TOPOLOGY_PRODUCER_BATCH_SIZE, "big");
+    assert_eq!(
+        t.spec().validate_with_conf(&conf).unwrap_err().to_string(),
+        "invalid topology configuration: config key 'topology.producer.batch.size' must be a non-negative integer, found \"big\""
+    );
+    conf.set(keys::TOPOLOGY_PRODUCER_BATCH_SIZE, 64);
+    t.spec().validate_with_conf(&conf).unwrap();
+}
+
+/// Not `Clone`: only the factory form can add it.
+struct Numbered {
+    made: u32,
+}
+impl Spout for Numbered {
+    fn next_tuple(&mut self, out: &mut SpoutOutputCollector<'_>) {
+        out.emit(values![self.made as i64]);
+    }
+    fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) {
+        d.declare(["made"]);
+    }
+    fn component_configuration(&self) -> Config {
+        let mut c = Config::new();
+        c.set_max_spout_pending(7);
+        c
+    }
+}
+
+struct Counting {
+    seen: u64,
+}
+impl Bolt for Counting {
+    fn execute(&mut self, input: Tuple, out: &mut OutputCollector<'_>) {
+        self.seen += 1;
+        out.ack(&input);
+    }
+    fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) {
+        d.declare(["seen"]);
+    }
+}
+
+#[test]
+fn factory_forms_make_one_instance_per_call_and_read_outputs_from_one_instance() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    let made = Arc::new(AtomicU32::new(0));
+    let counter = made.clone();
+    let mut b = TopologyBuilder::new();
+    b.set_spout_with(
+        "numbers",
+        move || Numbered {
+            made: counter.fetch_add(1, Ordering::SeqCst),
+        },
+        3,
+    );
+    b.set_bolt_with("count", || Counting { seen: 0 }, 2)
+        .fields_grouping("numbers", ["made"]);
+    // One instance was made to read the outputs and the component config.
+    assert_eq!(made.load(Ordering::SeqCst), 1);
+    let t = b.create_topology().unwrap();
+    let spout = &t.spec().components["numbers"];
+    assert_eq!(spout.outputs["default"].fields.names(), ["made"]);
+    assert_eq!(spout.conf.max_spout_pending().unwrap(), Some(7));
+    assert_eq!(spout.parallelism, 3);
+    assert_eq!(
+        t.spec().components["count"].outputs["default"]
+            .fields
+            .names(),
+        ["seen"]
+    );
+    // Every task instance is a fresh call of the factory.
+    for _ in 0..3 {
+        assert!(t.new_spout("numbers").is_some());
+    }
+    assert_eq!(made.load(Ordering::SeqCst), 4);
+    assert!(t.new_bolt("count").is_some());
+    assert!(t.new_bolt("numbers").is_none());
 }

@@ -110,6 +110,8 @@ pub fn run(topology: &Topology, launch: WorkerLaunch) -> Result<(), WorkerError>
         local,
         remote: remotes,
         worker_port: Some(launch.port),
+        host: Some(launch.host.clone()),
+        ..RuntimePlan::default()
     };
     let mut runtime =
         TopologyRuntime::start_plan(&a.topology_id, topology, &conf, layout, plan, false)?;

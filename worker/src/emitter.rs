@@ -6,9 +6,10 @@ use std::time::Instant;
 use squall_api::{Anchors, ComponentId, Emit, Emitter, TaskId, Tuple, Value};
 
 use crate::message::{Envelope, Msg};
+use crate::ratelimit::LogLimiter;
 use crate::rotating::RotatingMap;
 use crate::routing::StreamRoute;
-use crate::stats::{ErrorLog, LocalStats, ReportedError};
+use crate::stats::{ErrorLog, LocalStats};
 use crate::transfer::Transfer;
 
 /// A tracked spout tuple tree awaiting its acker verdict.
@@ -37,6 +38,12 @@ impl SpoutTracking {
     }
 }
 
+/// Reported errors are all kept and counted, but at most this many per executor are
+/// written to the log per [`ERROR_LOG_INTERVAL`] (Storm's
+/// `topology.max.error.report.per.interval` and `topology.error.throttle.interval.secs`).
+const ERROR_LOG_BURST: u32 = 5;
+const ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Everything an executor needs to emit, ack and fail.
 pub(crate) struct RuntimeEmitter {
     pub component: ComponentId,
@@ -50,6 +57,7 @@ pub(crate) struct RuntimeEmitter {
     scratch: Vec<TaskId>,
     pub stats: LocalStats,
     errors: Arc<ErrorLog>,
+    error_lines: LogLimiter,
     debug: bool,
     pub spout: Option<SpoutTracking>,
 }
@@ -77,6 +85,7 @@ impl RuntimeEmitter {
             scratch: Vec::with_capacity(8),
             stats: LocalStats::default(),
             errors,
+            error_lines: LogLimiter::new(ERROR_LOG_INTERVAL, ERROR_LOG_BURST),
             debug,
             spout,
         }
@@ -124,10 +133,18 @@ impl RuntimeEmitter {
         }
     }
 
+    /// Records an error of the current task; writes it to the log unless this executor
+    /// already wrote [`ERROR_LOG_BURST`] errors in the last [`ERROR_LOG_INTERVAL`].
     pub fn report(&mut self, error: String) {
-        tracing::error!(component = %self.component, task = %self.task, "{error}");
-        self.errors
-            .push(ReportedError::now(self.component.clone(), self.task, error));
+        if let Some(suppressed) = self.error_lines.allow() {
+            if suppressed > 0 {
+                tracing::error!(component = %self.component, task = %self.task,
+                    "{error} ({suppressed} similar errors of this executor not logged)");
+            } else {
+                tracing::error!(component = %self.component, task = %self.task, "{error}");
+            }
+        }
+        self.errors.push(self.component.clone(), self.task, error);
     }
 }
 

@@ -3,21 +3,27 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use hdrhistogram::Histogram;
 use squall_api::{
-    Bolt, Config, OutputCollector, Spout, SpoutOutputCollector, StreamSchema, TaskId,
+    Bolt, BoxError, Config, OutputCollector, Spout, SpoutOutputCollector, StreamSchema, TaskId,
     TopologyContext, Tuple, Value,
 };
 
 use crate::acker::{AckerOutcome, AckerState};
 use crate::emitter::RuntimeEmitter;
 use crate::message::{Msg, Packet};
+use crate::ratelimit::LogLimiter;
 use crate::stats::{new_histogram, ExecutorStats};
+
+/// Per-tuple warnings, one line per kind per few seconds for the whole process.
+static BOLT_UNEXPECTED: LogLimiter = LogLimiter::per_tuple_warnings();
+static ACKER_UNEXPECTED: LogLimiter = LogLimiter::per_tuple_warnings();
+static SPOUT_UNEXPECTED: LogLimiter = LogLimiter::per_tuple_warnings();
 
 /// Execute latency is measured for one tuple in this many (Storm samples 5%).
 const SAMPLE_EVERY: u32 = 20;
@@ -25,6 +31,93 @@ const SAMPLE_EVERY: u32 = 20;
 const SPOUT_BURST: usize = 64;
 /// How long an executor with nothing to do sleeps before it re-checks its timers.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+const STARTING: u8 = 0;
+const RUNNING: u8 = 1;
+const FAILED: u8 = 2;
+const STOPPED: u8 = 3;
+
+/// Where an executor is in its life, shared between its thread and the runtime:
+/// starting (in `open`/`prepare`), running, failed (setup failed, or the thread died),
+/// or stopped (its loop ended).
+#[derive(Debug, Default)]
+pub(crate) struct ExecutorHealth {
+    state: AtomicU8,
+    /// The task and cause of the first failure. Every state change to `FAILED` happens
+    /// under this lock, so a reader that sees `FAILED` and then locks finds the cause.
+    failure: Mutex<Option<(TaskId, String)>>,
+}
+
+impl ExecutorHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(TaskId, String)>> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Still in `open`/`prepare`.
+    pub fn is_starting(&self) -> bool {
+        self.state.load(Ordering::Acquire) == STARTING
+    }
+
+    /// The task and cause of the failure, when the executor failed.
+    pub fn failure(&self) -> Option<(TaskId, String)> {
+        if self.state.load(Ordering::Acquire) != FAILED {
+            return None;
+        }
+        self.lock().clone()
+    }
+
+    /// Whether the executor's loop ended without a failure.
+    pub fn is_stopped(&self) -> bool {
+        self.state.load(Ordering::Acquire) == STOPPED
+    }
+
+    /// Setup succeeded: starting → running. `false` when the runtime already gave up
+    /// waiting for it (then the executor must not run).
+    fn running(&self) -> bool {
+        let _guard = self.lock();
+        self.state
+            .compare_exchange(STARTING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Records a failure (the first cause is kept).
+    pub fn fail(&self, task: TaskId, cause: String) {
+        let mut failure = self.lock();
+        if failure.is_none() {
+            *failure = Some((task, cause));
+        }
+        self.state.store(FAILED, Ordering::Release);
+    }
+
+    /// Fails the executor if it is still starting (the setup wait timed out).
+    pub fn fail_if_starting(&self, task: TaskId, cause: String) -> bool {
+        let mut failure = self.lock();
+        let gave_up = self
+            .state
+            .compare_exchange(STARTING, FAILED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if gave_up && failure.is_none() {
+            *failure = Some((task, cause));
+        }
+        gave_up
+    }
+
+    /// The thread's loop returned: running → stopped. An executor that ends while still
+    /// starting failed.
+    pub fn ended(&self, task: TaskId) {
+        let mut failure = self.lock();
+        match self.state.load(Ordering::Acquire) {
+            RUNNING => self.state.store(STOPPED, Ordering::Release),
+            STARTING => {
+                if failure.is_none() {
+                    *failure = Some((task, "the executor ended during its setup".to_owned()));
+                }
+                self.state.store(FAILED, Ordering::Release);
+            }
+            _ => {}
+        }
+    }
+}
 
 /// What every executor loop shares.
 pub(crate) struct ExecutorCore {
@@ -40,6 +133,9 @@ pub(crate) struct ExecutorCore {
     pub flush_interval: Duration,
     /// The message timeout, when timeouts are enabled.
     pub timeout: Option<Duration>,
+    pub health: Arc<ExecutorHealth>,
+    /// Told once `open`/`prepare` of every task finished (the runtime's start barrier).
+    setup_done: Option<Sender<()>>,
     last_flush: Instant,
 }
 
@@ -55,8 +151,12 @@ impl ExecutorCore {
         conf: Config,
         flush_interval: Duration,
         timeout: Option<Duration>,
+        health: Arc<ExecutorHealth>,
+        setup_done: Sender<()>,
     ) -> Self {
         ExecutorCore {
+            health,
+            setup_done: Some(setup_done),
             first_task,
             rx,
             emitter,
@@ -72,6 +172,23 @@ impl ExecutorCore {
 
     fn stopping(&self) -> bool {
         self.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// Ends the setup phase: records the first failure (`task`, cause), tells the
+    /// runtime, and says whether the executor may run (no failure, and the runtime did
+    /// not give up waiting).
+    fn setup_finished(&mut self, failure: Option<(TaskId, String)>) -> bool {
+        let run = match failure {
+            None => self.health.running(),
+            Some((task, cause)) => {
+                self.health.fail(task, cause);
+                false
+            }
+        };
+        if let Some(tx) = self.setup_done.take() {
+            let _ = tx.send(());
+        }
+        run
     }
 
     fn set_task(&mut self, index: usize) {
@@ -116,26 +233,53 @@ impl ExecutorCore {
         values: squall_api::Values,
         anchors: squall_api::Anchors,
     ) -> Tuple {
+        // The caller checked `stream` against the schemas (a message from another
+        // worker may carry anything).
         Tuple::new(self.schemas[stream as usize].clone(), source, values).with_anchors(anchors)
     }
 }
 
-fn panic_message(p: &(dyn Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
+/// The message of a caught panic. Consumes the payload: dropping a payload can itself
+/// panic (a payload type with a panicking `Drop`), and that second panic is caught and
+/// its payload leaked rather than let escape the boundary.
+pub(crate) fn take_panic_message(p: Box<dyn Any + Send>) -> String {
+    let msg = if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = p.downcast_ref::<String>() {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    };
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(p))) {
+        std::mem::forget(again);
     }
+    msg
 }
 
-/// Runs `f`, reporting a panic as an error of the current task instead of unwinding.
+/// An error and its sources, `outer: inner: innermost`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Runs user code `f`, reporting a panic as an error of the current task instead of
+/// unwinding. The runtime's own state is consistent at every point where user code
+/// runs (an emit checks everything that can panic before it changes anything), so
+/// the executor can go on after a caught panic.
 fn guarded(core: &mut ExecutorCore, what: &str, f: impl FnOnce(&mut ExecutorCore)) -> bool {
     match catch_unwind(AssertUnwindSafe(|| f(core))) {
         Ok(()) => true,
         Err(p) => {
-            let msg = panic_message(&*p);
+            let msg = take_panic_message(p);
             let (component, task) = (core.emitter.component.clone(), core.emitter.task);
             core.emitter.report(format!(
                 "{what} of '{component}' task {task} panicked: {msg}"
@@ -143,6 +287,22 @@ fn guarded(core: &mut ExecutorCore, what: &str, f: impl FnOnce(&mut ExecutorCore
             false
         }
     }
+}
+
+/// Runs a task's `open`/`prepare`; an `Err` or a panic is reported as an error of the
+/// current task and returned as the cause.
+fn setup_call(
+    core: &mut ExecutorCore,
+    what: &str,
+    f: impl FnOnce() -> Result<(), BoxError>,
+) -> Result<(), String> {
+    let cause = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => format!("{what} returned an error: {}", error_chain(&*e)),
+        Err(p) => format!("{what} panicked: {}", take_panic_message(p)),
+    };
+    core.emitter.report(cause.clone());
+    Err(cause)
 }
 
 fn tick_every(conf: &Config) -> Option<Duration> {
@@ -158,10 +318,27 @@ pub(crate) fn run_bolt(
     mut bolts: Vec<Box<dyn Bolt>>,
     contexts: Vec<TopologyContext>,
 ) {
+    let conf = core.conf.clone();
+    let mut prepared = 0;
+    let mut failure = None;
     for (i, bolt) in bolts.iter_mut().enumerate() {
         core.set_task(i);
-        let conf = core.conf.clone();
-        guarded(&mut core, "prepare", |_| bolt.prepare(&conf, &contexts[i]));
+        match setup_call(&mut core, "prepare", || bolt.prepare(&conf, &contexts[i])) {
+            Ok(()) => prepared += 1,
+            Err(cause) => {
+                failure = Some((core.emitter.task, cause));
+                break;
+            }
+        }
+    }
+    if !core.setup_finished(failure) {
+        // Never runs: clean up the tasks that did prepare.
+        for (i, bolt) in bolts.iter_mut().enumerate().take(prepared) {
+            core.set_task(i);
+            guarded(&mut core, "cleanup", |_| bolt.cleanup());
+        }
+        core.flush(Instant::now());
+        return;
     }
     let tick_freq = tick_every(&core.conf);
     let tick_schema = Arc::new(StreamSchema::tick());
@@ -184,7 +361,7 @@ pub(crate) fn run_bolt(
                 core.emitter.stats.execute_samples += 1;
             }
             if let Err(p) = result {
-                let msg = panic_message(&*p);
+                let msg = take_panic_message(p);
                 let (component, task) = (core.emitter.component.clone(), core.emitter.task);
                 core.emitter.report(format!(
                 "bolt '{component}' task {task} panicked in execute: {msg}; failing the input tuple"
@@ -211,14 +388,19 @@ pub(crate) fn run_bolt(
                             source,
                             values,
                             anchors,
-                        } if index < bolts.len() => {
+                        } if index < bolts.len() && (stream as usize) < core.schemas.len() => {
                             let tuple = core.tuple(stream, source, values, anchors);
                             execute(&mut core, &mut bolts, index, tuple);
                         }
-                        other => tracing::warn!(
-                            component = %core.emitter.component,
-                            "bolt executor ignoring unexpected message {other:?}"
-                        ),
+                        other => {
+                            if let Some(suppressed) = BOLT_UNEXPECTED.allow() {
+                                tracing::warn!(
+                                    component = %core.emitter.component,
+                                    suppressed,
+                                    "bolt executor ignoring unexpected message {other:?}"
+                                )
+                            }
+                        }
                     }
                 }
             }
@@ -247,6 +429,9 @@ pub(crate) fn run_bolt(
 
 /// The loop of an acker executor.
 pub(crate) fn run_acker(mut core: ExecutorCore) {
+    if !core.setup_finished(None) {
+        return;
+    }
     let mut state = AckerState::new();
     let mut next_rotate = core.timeout.map(|t| Instant::now() + t);
     loop {
@@ -267,7 +452,12 @@ pub(crate) fn run_acker(mut core: ExecutorCore) {
                         Msg::Ack { root, val } => state.ack(root, val),
                         Msg::Fail { root } => state.fail(root),
                         other => {
-                            tracing::warn!("acker ignoring unexpected message {other:?}");
+                            if let Some(suppressed) = ACKER_UNEXPECTED.allow() {
+                                tracing::warn!(
+                                    suppressed,
+                                    "acker ignoring unexpected message {other:?}"
+                                );
+                            }
                             None
                         }
                     };
@@ -302,7 +492,6 @@ pub(crate) fn run_acker(mut core: ExecutorCore) {
 
 /// Spout executor state beyond the shared core.
 pub(crate) struct SpoutSettings {
-    pub active: bool,
     pub max_pending: Option<usize>,
     pub wait: Duration,
 }
@@ -335,7 +524,13 @@ impl SpoutLoop {
                         Msg::TreeAcked { root } => self.complete(root, true),
                         Msg::TreeFailed { root } => self.complete(root, false),
                         other => {
-                            tracing::warn!("spout executor ignoring unexpected message {other:?}")
+                            if let Some(suppressed) = SPOUT_UNEXPECTED.allow() {
+                                tracing::warn!(
+                                    component = %self.core.emitter.component,
+                                    suppressed,
+                                    "spout executor ignoring unexpected message {other:?}"
+                                )
+                            }
                         }
                     }
                 }
@@ -346,14 +541,32 @@ impl SpoutLoop {
                     self.call(i, "activate", |s, _| s.activate());
                 }
             }
-            Packet::Deactivate if self.active => {
-                self.active = false;
-                for i in 0..self.spouts.len() {
-                    self.call(i, "deactivate", |s, _| s.deactivate());
+            Packet::Deactivate => {
+                if self.active {
+                    self.active = false;
+                    for i in 0..self.spouts.len() {
+                        self.call(i, "deactivate", |s, _| s.deactivate());
+                    }
                 }
+                // Nothing more is emitted from here on, so the pending count published
+                // now can only go down: publish it, then that the request was handled.
+                self.publish_pending();
+                self.core
+                    .stats
+                    .deactivations
+                    .fetch_add(1, Ordering::Release);
             }
             _ => {}
         }
+    }
+
+    /// Publishes the number of trees in flight (read by a graceful stop).
+    fn publish_pending(&self) {
+        let tracking = self.core.emitter.spout.as_ref().expect("spout tracking");
+        self.core
+            .stats
+            .pending
+            .store(tracking.pending.len() as u64, Ordering::Release);
     }
 
     fn complete(&mut self, root: u64, acked: bool) {
@@ -437,12 +650,29 @@ pub(crate) fn run_spout(
         last_publish: Instant::now(),
     };
     let conf = sl.core.conf.clone();
+    let mut opened = 0;
+    let mut failure = None;
     for (i, ctx) in contexts.iter().enumerate() {
-        sl.call(i, "open", |s, _| s.open(&conf, ctx));
+        sl.core.set_task(i);
+        let spout = &mut sl.spouts[i];
+        match setup_call(&mut sl.core, "open", || spout.open(&conf, ctx)) {
+            Ok(()) => opened += 1,
+            Err(cause) => {
+                failure = Some((sl.core.emitter.task, cause));
+                break;
+            }
+        }
     }
-    if settings.active {
-        sl.handle(Packet::Activate);
+    if !sl.core.setup_finished(failure) {
+        // Never gets `next_tuple`: close the tasks that did open.
+        for i in 0..opened {
+            sl.call(i, "close", |s, _| s.close());
+        }
+        sl.core.flush(Instant::now());
+        return;
     }
+    // The spouts start inactive; the runtime activates them once every executor of the
+    // topology finished its setup.
     let mut next_rotate = sl.core.timeout.map(|t| Instant::now() + t);
     'outer: loop {
         if sl.core.stopping() {
@@ -508,6 +738,7 @@ pub(crate) fn run_spout(
             }
         }
         sl.publish_latency(now, false);
+        sl.publish_pending();
     }
     if sl.active {
         sl.handle(Packet::Deactivate);

@@ -14,6 +14,8 @@
 //! - [`local`]: [`LocalCluster`], whole topologies in one process.
 //! - [`submitter`]: the entry point a topology binary calls, deciding between local
 //!   mode, submission to Nimbus and running as a worker.
+//! - [`ratelimit`]: at most a few log lines per interval for messages that could
+//!   repeat once per tuple.
 #![deny(missing_docs)]
 
 pub mod acker;
@@ -22,6 +24,7 @@ mod emitter;
 mod executor;
 pub mod local;
 pub mod message;
+pub mod ratelimit;
 pub mod rotating;
 pub mod routing;
 pub mod runtime;
@@ -31,7 +34,9 @@ pub mod transfer;
 pub mod transport;
 
 pub use local::LocalCluster;
-pub use runtime::{ComponentStats, LatencySummary, RuntimePlan, TopologyRuntime, TopologyStats};
+pub use runtime::{
+    ComponentStats, ExecutorFailure, LatencySummary, RuntimePlan, TopologyRuntime, TopologyStats,
+};
 pub use stats::ReportedError;
 pub use submitter::StormSubmitter;
 
@@ -62,4 +67,13 @@ pub enum WorkerError {
     /// The binary was not started by `squall jar`.
     #[error("{0}")]
     NotLaunched(String),
+    /// An executor failed: a task's `open`/`prepare` returned an error, panicked or did
+    /// not finish in time, creating a task's instance panicked, or an executor thread
+    /// died. The message names the component, task and cause.
+    #[error("{0}")]
+    ExecutorFailed(ExecutorFailure),
+    /// `SQUALL_CONF` (the `-c` options of `squall jar` / `squall local`) is not a JSON
+    /// object of config keys.
+    #[error("invalid command-line configuration in SQUALL_CONF: {0}")]
+    CommandLineConfig(String),
 }

@@ -13,6 +13,10 @@ use crate::WorkerError;
 /// Runs topologies inside this process, each executor on its own thread, exactly as a
 /// worker would but with every task local. Dropping the cluster kills its topologies.
 ///
+/// [`LocalCluster::new`] installs a default log subscriber if the program set none
+/// (level `warn`, or as `RUST_LOG` says, on stderr), so the errors of a topology show up
+/// without any logging setup.
+///
 /// ```no_run
 /// # fn demo(topology: squall_api::Topology) -> Result<(), squall_worker::WorkerError> {
 /// use squall_worker::LocalCluster;
@@ -23,7 +27,6 @@ use crate::WorkerError;
 /// cluster.kill_topology("word-count")?;
 /// # Ok(()) }
 /// ```
-#[derive(Default)]
 pub struct LocalCluster {
     topologies: Mutex<BTreeMap<String, TopologyRuntime>>,
 }
@@ -33,10 +36,30 @@ pub fn validate_topology_name(name: &str) -> Result<(), WorkerError> {
     squall_cluster::validate_topology_name(name).map_err(WorkerError::InvalidName)
 }
 
+impl Default for LocalCluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Installs a `tracing` subscriber writing to stderr at `warn` level (or as `RUST_LOG`
+/// says), unless the program installed one already.
+pub fn init_default_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 impl LocalCluster {
-    /// An empty local cluster.
+    /// An empty local cluster (see the type's docs for the logging it sets up).
     pub fn new() -> Self {
-        Self::default()
+        init_default_logging();
+        LocalCluster {
+            topologies: Mutex::default(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, TopologyRuntime>> {
@@ -44,6 +67,13 @@ impl LocalCluster {
     }
 
     /// Validates and starts `topology` under `name`, active.
+    ///
+    /// Everything is checked before any thread starts: the name, the configuration,
+    /// the topology and each component's configuration merged over `conf`. Then every
+    /// task's `open`/`prepare` runs; when one fails (returns an error, panics or does
+    /// not finish within a minute) the topology is stopped again (the tasks that did
+    /// start are closed / cleaned up, no spout ever gets `next_tuple`) and the error
+    /// names the component, task and cause.
     pub fn submit_topology(
         &self,
         name: &str,
@@ -53,6 +83,7 @@ impl LocalCluster {
         validate_topology_name(name)?;
         conf.validate()?;
         topology.spec().validate()?;
+        topology.spec().validate_with_conf(conf)?;
         let mut topologies = self.lock();
         if topologies.contains_key(name) {
             return Err(WorkerError::AlreadyRunning(name.to_owned()));
@@ -64,7 +95,11 @@ impl LocalCluster {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let id = format!("{name}-1-{launched}");
-        let runtime = TopologyRuntime::start(&id, topology, &conf, layout, true)?;
+        let mut runtime = TopologyRuntime::start(&id, topology, &conf, layout, true)?;
+        if let Some(failure) = runtime.executor_failure() {
+            runtime.shutdown(Duration::from_secs(10));
+            return Err(WorkerError::ExecutorFailed(failure));
+        }
         topologies.insert(name.to_owned(), runtime);
         Ok(())
     }

@@ -158,7 +158,8 @@ pub(crate) struct StreamRoute {
     pub targets: Vec<Target>,
 }
 
-/// The routes of every output stream of `component`.
+/// The routes of every output stream of `component`. A custom grouping without code in
+/// this binary, or whose `prepare` panics, is an error naming the bolt and the stream.
 pub(crate) fn build_routes(
     spec: &TopologySpec,
     layout: &TaskLayout,
@@ -166,40 +167,55 @@ pub(crate) fn build_routes(
     local_tasks: &[TaskId],
     mut custom: impl FnMut(&str, &squall_api::GlobalStreamId) -> Option<Box<dyn CustomStreamGrouping>>,
     rng: &mut fastrand::Rng,
-) -> Vec<StreamRoute> {
+) -> Result<Vec<StreamRoute>, String> {
     let Some(c) = spec.components.get(component) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    c.outputs
-        .iter()
-        .map(|(stream, decl)| {
-            let schema = layout
-                .stream(component, stream.as_str())
-                .expect("every declared stream is in the layout");
-            let source = squall_api::GlobalStreamId::new(component, stream.as_str());
-            let targets = spec
-                .subscribers(component, stream.as_str())
-                .map(|(bolt, grouping)| {
-                    let tasks = layout.component_tasks(bolt.as_str()).to_vec();
-                    let mut user = None;
-                    if matches!(grouping, Grouping::Custom(_)) {
-                        user = custom(bolt.as_str(), &source);
-                        if let Some(g) = user.as_mut() {
-                            g.prepare(&source, &tasks);
-                        }
-                    }
-                    Target::new(tasks, grouping, &decl.fields, local_tasks, user, rng)
-                })
-                .collect();
-            StreamRoute {
-                name: stream.to_string(),
-                index: schema.index,
-                num_fields: decl.fields.len(),
-                direct: decl.direct,
-                targets,
+    let mut routes = Vec::with_capacity(c.outputs.len());
+    for (stream, decl) in &c.outputs {
+        let schema = layout
+            .stream(component, stream.as_str())
+            .expect("every declared stream is in the layout");
+        let source = squall_api::GlobalStreamId::new(component, stream.as_str());
+        let mut targets = Vec::new();
+        for (bolt, grouping) in spec.subscribers(component, stream.as_str()) {
+            let tasks = layout.component_tasks(bolt.as_str()).to_vec();
+            let mut user = None;
+            if let Grouping::Custom(name) = grouping {
+                let Some(mut g) = custom(bolt.as_str(), &source) else {
+                    return Err(format!(
+                        "custom grouping {name} of bolt '{bolt}' on stream {source} has no implementation in this binary"
+                    ));
+                };
+                let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    g.prepare(&source, &tasks)
+                }));
+                if let Err(p) = prepared {
+                    return Err(format!(
+                        "custom grouping {name} of bolt '{bolt}' on stream {source} panicked in prepare: {}",
+                        crate::executor::take_panic_message(p)
+                    ));
+                }
+                user = Some(g);
             }
-        })
-        .collect()
+            targets.push(Target::new(
+                tasks,
+                grouping,
+                &decl.fields,
+                local_tasks,
+                user,
+                rng,
+            ));
+        }
+        routes.push(StreamRoute {
+            name: stream.to_string(),
+            index: schema.index,
+            num_fields: decl.fields.len(),
+            direct: decl.direct,
+            targets,
+        });
+    }
+    Ok(routes)
 }
 
 #[cfg(test)]

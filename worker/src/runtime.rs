@@ -1,25 +1,33 @@
 //! Starting, steering and stopping the executors of one topology in this process.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{RecvTimeoutError, Sender};
 use serde::Serialize;
 use squall_api::{
-    ComponentId, ComponentKind, Config, TaskId, TaskLayout, Topology, TopologyContext,
+    Bolt, ComponentId, ComponentKind, Config, Spout, TaskId, TaskLayout, Topology, TopologyContext,
     ACKER_COMPONENT,
 };
 
 use crate::emitter::{RuntimeEmitter, SpoutTracking};
-use crate::executor::{run_acker, run_bolt, run_spout, ExecutorCore, SpoutSettings};
+use crate::executor::{
+    run_acker, run_bolt, run_spout, take_panic_message, ExecutorCore, ExecutorHealth, SpoutSettings,
+};
 use crate::message::Packet;
 use crate::routing::build_routes;
 use crate::stats::{ErrorLog, ExecutorStats, ReportedError};
 use crate::transfer::Transfer;
 use crate::WorkerError;
+
+/// How long [`TopologyRuntime::start_plan`] waits, by default, for every executor to
+/// finish `open`/`prepare` before it declares the stragglers failed.
+pub const DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct ExecutorHandle {
     component: ComponentId,
@@ -27,10 +35,14 @@ struct ExecutorHandle {
     tasks: (TaskId, TaskId),
     tx: Sender<Packet>,
     stats: Arc<ExecutorStats>,
+    health: Arc<ExecutorHealth>,
+    /// Deactivation requests sent to this (spout) executor.
+    deactivations_sent: AtomicU64,
     thread: Option<JoinHandle<()>>,
 }
 
 /// Which executors run here and where the others' tuples go.
+#[derive(Default)]
 pub struct RuntimePlan {
     /// Local executors: component, kind, first and last task.
     pub local: Vec<(ComponentId, ComponentKind, TaskId, TaskId)>,
@@ -38,6 +50,42 @@ pub struct RuntimePlan {
     pub remote: Vec<(Vec<TaskId>, Sender<Packet>)>,
     /// This worker's port (cluster mode).
     pub worker_port: Option<u16>,
+    /// This worker's host name (cluster mode), named in errors and failures.
+    pub host: Option<String>,
+    /// How long to wait for every executor's `open`/`prepare`
+    /// ([`DEFAULT_SETUP_TIMEOUT`] when `None`).
+    pub setup_timeout: Option<Duration>,
+}
+
+/// Why an executor stopped: its `open`/`prepare` failed (returned an error, panicked or
+/// did not finish in time), or its thread died of a panic outside user code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutorFailure {
+    /// Spout or bolt (ackers are bolts).
+    pub kind: ComponentKind,
+    /// The component.
+    pub component: ComponentId,
+    /// The task that failed (the executor's first task when no task is to blame).
+    pub task: TaskId,
+    /// The worker's host (cluster mode).
+    pub host: Option<String>,
+    /// The worker's port (cluster mode).
+    pub port: Option<u16>,
+    /// What went wrong, e.g. `open returned an error: connection refused`.
+    pub cause: String,
+}
+
+impl fmt::Display for ExecutorFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} '{}' task {}", self.kind, self.component, self.task)?;
+        match (&self.host, self.port) {
+            (Some(h), Some(p)) => write!(f, " on {h}:{p}")?,
+            (None, Some(p)) => write!(f, " on port {p}")?,
+            (Some(h), None) => write!(f, " on {h}")?,
+            (None, None) => {}
+        }
+        write!(f, " failed: {}", self.cause)
+    }
 }
 
 /// The executors of one topology running in this process.
@@ -49,6 +97,8 @@ pub struct TopologyRuntime {
     executors: Vec<ExecutorHandle>,
     shutdown: Arc<AtomicBool>,
     errors: Arc<ErrorLog>,
+    host: Option<String>,
+    port: Option<u16>,
     started: Instant,
 }
 
@@ -71,6 +121,8 @@ pub struct ComponentStats {
     pub timed_out: u64,
     /// Bolts: tuples executed.
     pub executed: u64,
+    /// Spouts: tuple trees in flight (message ids not yet acked or failed).
+    pub pending: u64,
     /// Bolts: mean execute latency in ms (sampled).
     pub execute_latency_ms: f64,
     /// Spouts: complete latency percentiles in ms: p50, p99, max, mean.
@@ -106,6 +158,72 @@ impl TopologyStats {
     }
 }
 
+/// The component instances of one executor, made before any thread starts.
+enum Instances {
+    Acker,
+    Spouts(Vec<Box<dyn Spout>>, SpoutSettings),
+    Bolts(Vec<Box<dyn Bolt>>),
+}
+
+/// One executor, ready to be started on its thread.
+struct Prepared {
+    component: ComponentId,
+    kind: ComponentKind,
+    tasks: (TaskId, TaskId),
+    core: ExecutorCore,
+    instances: Instances,
+    contexts: Vec<TopologyContext>,
+    stats: Arc<ExecutorStats>,
+    health: Arc<ExecutorHealth>,
+    tx: Sender<Packet>,
+}
+
+/// Calls a user factory (a clone or a `set_*_with` closure), turning a panic into an
+/// error of the executor.
+fn make_instances<T>(
+    n: usize,
+    failure: impl Fn(String) -> WorkerError,
+    make: impl Fn() -> Option<T>,
+) -> Result<Vec<T>, WorkerError> {
+    (0..n)
+        .map(|_| match catch_unwind(AssertUnwindSafe(&make)) {
+            Ok(Some(instance)) => Ok(instance),
+            Ok(None) => Err(failure(
+                "the component has no implementation of that kind in this binary".to_owned(),
+            )),
+            Err(p) => Err(failure(format!(
+                "creating the task's instance panicked: {}",
+                take_panic_message(p)
+            ))),
+        })
+        .collect()
+}
+
+/// The outermost frame of an executor thread: runs the executor's loop `run`. User code
+/// is guarded inside the loops, so a panic that reaches this frame is a runtime bug: it
+/// is logged, recorded as an error of the component and marks the executor failed, so
+/// [`TopologyRuntime::failed_executor`] reports it instead of a silently dead thread.
+fn executor_thread(
+    component: &ComponentId,
+    first: TaskId,
+    health: &ExecutorHealth,
+    errors: &ErrorLog,
+    run: impl FnOnce(),
+) {
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(()) => health.ended(first),
+        Err(panic) => {
+            let cause = format!(
+                "the executor thread panicked outside user code (a Squall bug): {}",
+                take_panic_message(panic)
+            );
+            tracing::error!(%component, task = %first, "{cause}");
+            errors.push(component.clone(), first, cause.clone());
+            health.fail(first, cause);
+        }
+    }
+}
+
 impl TopologyRuntime {
     /// Starts every executor of `layout` in this process (local mode).
     pub fn start(
@@ -126,16 +244,24 @@ impl TopologyRuntime {
             .collect();
         let plan = RuntimePlan {
             local,
-            remote: Vec::new(),
-            worker_port: None,
+            ..RuntimePlan::default()
         };
         Self::start_plan(topology_id, topology, conf, layout, plan, active)
     }
 
     /// Starts the executors `plan.local`; tuples for the tasks of `plan.remote` go to
-    /// those queues (each drained by a connection to another worker). Every component
-    /// instance is created from `topology` on this thread; `open`/`prepare` run on the
-    /// executor threads.
+    /// those queues (each drained by a connection to another worker).
+    ///
+    /// Everything that can be checked is checked before any thread starts: the
+    /// topology's and every component's merged configuration, the custom groupings,
+    /// and every task's instance (made from `topology` on this thread). Then each
+    /// executor runs `open`/`prepare` for its tasks on its own thread, and this call
+    /// waits until all finished (up to `plan.setup_timeout`). When every setup
+    /// succeeded, the spouts are activated if `active`; when one failed (an `Err`, a
+    /// panic, or no answer in time), nothing is activated, the failure is recorded as an
+    /// error of its component and [`failed_executor`](Self::failed_executor) /
+    /// [`executor_failure`](Self::executor_failure) report it: the runtime is returned
+    /// all the same, for the caller to report and shut down.
     pub fn start_plan(
         topology_id: &str,
         topology: &Topology,
@@ -145,6 +271,7 @@ impl TopologyRuntime {
         active: bool,
     ) -> Result<Self, WorkerError> {
         conf.validate()?;
+        topology.spec().validate_with_conf(conf)?;
         let spec = Arc::new(topology.spec().clone());
         let batch_size = conf.producer_batch_size()? as usize;
         let queue_batches = (conf.receive_buffer_size()? as usize / batch_size).max(4);
@@ -154,6 +281,7 @@ impl TopologyRuntime {
         } else {
             None
         };
+        let setup_timeout = plan.setup_timeout.unwrap_or(DEFAULT_SETUP_TIMEOUT);
 
         // One queue per local executor; spouts get unbounded queues so that an acker is
         // never blocked by a spout (acker → spout traffic is bounded by the pending
@@ -170,7 +298,9 @@ impl TopologyRuntime {
             senders.push(tx);
             receivers.push(rx);
             for t in first.0..=last.0 {
-                dest_of_task[t as usize] = Some(i);
+                if let Some(slot) = dest_of_task.get_mut(t as usize) {
+                    *slot = Some(i);
+                }
             }
         }
         let local_dest = dest_of_task.clone();
@@ -191,11 +321,29 @@ impl TopologyRuntime {
         let worker_tasks: Arc<[TaskId]> = local_tasks.clone().into();
         let topology_id_arc: Arc<str> = topology_id.into();
         let shutdown = Arc::new(AtomicBool::new(false));
-        let errors = Arc::new(ErrorLog::default());
+        let errors = Arc::new(ErrorLog::new(plan.host.clone(), plan.worker_port));
         let ackers = layout.acker_tasks().to_vec();
+        let (setup_tx, setup_rx) = crossbeam_channel::unbounded::<()>();
 
-        let mut executors = Vec::new();
-        for ((component, kind, first, last), rx) in all.into_iter().zip(receivers) {
+        // Phase 1, no thread yet: every executor's config, routes and instances.
+        let mut prepared = Vec::with_capacity(all.len());
+        for (i, ((component, kind, first, last), rx)) in all.into_iter().zip(receivers).enumerate()
+        {
+            let failure = |cause: String| {
+                WorkerError::ExecutorFailed(ExecutorFailure {
+                    kind,
+                    component: component.clone(),
+                    task: first,
+                    host: plan.host.clone(),
+                    port: plan.worker_port,
+                    cause,
+                })
+            };
+            if first > last || last > layout.max_task() {
+                return Err(failure(format!(
+                    "the plan gives it tasks {first}-{last}, which are not in the topology"
+                )));
+            }
             let mut rng = fastrand::Rng::new();
             let mut comp_conf = conf.clone();
             if let Some(c) = spec.components.get(&component) {
@@ -209,7 +357,8 @@ impl TopologyRuntime {
                 &local_tasks,
                 |bolt, source| topology.new_custom_grouping(bolt, source),
                 &mut rng,
-            );
+            )
+            .map_err(failure)?;
             let n_tasks = (last.0 - first.0 + 1) as usize;
             let is_acker = component == ACKER_COMPONENT;
             let is_spout = kind == ComponentKind::Spout;
@@ -224,6 +373,7 @@ impl TopologyRuntime {
                 is_spout.then(|| SpoutTracking::new(n_tasks)),
             );
             let stats = Arc::new(ExecutorStats::default());
+            let health = Arc::new(ExecutorHealth::default());
             let schemas = layout
                 .streams()
                 .iter()
@@ -243,6 +393,23 @@ impl TopologyRuntime {
                 .collect();
             let max_pending = comp_conf.max_spout_pending()?.map(|n| n as usize);
             let spout_wait = Duration::from_millis(comp_conf.spout_wait_millis()?);
+            let instances = if is_acker {
+                Instances::Acker
+            } else if is_spout {
+                let spouts =
+                    make_instances(n_tasks, failure, || topology.new_spout(component.as_str()))?;
+                Instances::Spouts(
+                    spouts,
+                    SpoutSettings {
+                        max_pending,
+                        wait: spout_wait,
+                    },
+                )
+            } else {
+                Instances::Bolts(make_instances(n_tasks, failure, || {
+                    topology.new_bolt(component.as_str())
+                })?)
+            };
             let core = ExecutorCore::new(
                 first,
                 rx,
@@ -253,55 +420,109 @@ impl TopologyRuntime {
                 comp_conf,
                 flush_interval,
                 timeout,
+                health.clone(),
+                setup_tx.clone(),
             );
-            let name = format!("squall-{component}-{first}");
-            let builder = std::thread::Builder::new().name(name);
-            let thread = if is_acker {
-                builder.spawn(move || run_acker(core))
-            } else if is_spout {
-                let spouts = (0..n_tasks)
-                    .map(|_| {
-                        topology
-                            .new_spout(component.as_str())
-                            .ok_or_else(|| WorkerError::MissingComponent(component.to_string()))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let settings = SpoutSettings {
-                    active,
-                    max_pending,
-                    wait: spout_wait,
-                };
-                builder.spawn(move || run_spout(core, spouts, contexts, settings))
-            } else {
-                let bolts = (0..n_tasks)
-                    .map(|_| {
-                        topology
-                            .new_bolt(component.as_str())
-                            .ok_or_else(|| WorkerError::MissingComponent(component.to_string()))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                builder.spawn(move || run_bolt(core, bolts, contexts))
-            }
-            .map_err(WorkerError::Spawn)?;
-            executors.push(ExecutorHandle {
+            prepared.push(Prepared {
                 component,
                 kind,
                 tasks: (first, last),
-                tx: local_senders[executors.len()].clone(),
+                core,
+                instances,
+                contexts,
                 stats,
-                thread: Some(thread),
+                health,
+                tx: local_senders[i].clone(),
             });
         }
-        Ok(TopologyRuntime {
+
+        // Phase 2: one thread per executor.
+        let mut runtime = TopologyRuntime {
             topology_id: topology_id.to_owned(),
             layout,
             local_dest,
             local_senders,
-            executors,
+            executors: Vec::with_capacity(prepared.len()),
             shutdown,
             errors,
+            host: plan.host,
+            port: plan.worker_port,
             started: Instant::now(),
-        })
+        };
+        for p in prepared {
+            let first = p.tasks.0;
+            let name = format!("squall-{}-{first}", p.component);
+            let (health, errors, done) =
+                (p.health.clone(), runtime.errors.clone(), setup_tx.clone());
+            let component = p.component.clone();
+            let (core, instances, contexts) = (p.core, p.instances, p.contexts);
+            let body = move || {
+                executor_thread(
+                    &component,
+                    first,
+                    &health,
+                    &errors,
+                    move || match instances {
+                        Instances::Acker => run_acker(core),
+                        Instances::Spouts(spouts, settings) => {
+                            run_spout(core, spouts, contexts, settings)
+                        }
+                        Instances::Bolts(bolts) => run_bolt(core, bolts, contexts),
+                    },
+                );
+                let _ = done.send(());
+            };
+            let thread = match std::thread::Builder::new().name(name).spawn(body) {
+                Ok(t) => t,
+                Err(e) => {
+                    runtime.shutdown(Duration::from_secs(5));
+                    return Err(WorkerError::Spawn(e));
+                }
+            };
+            runtime.executors.push(ExecutorHandle {
+                component: p.component,
+                kind: p.kind,
+                tasks: p.tasks,
+                tx: p.tx,
+                stats: p.stats,
+                health: p.health,
+                deactivations_sent: AtomicU64::new(0),
+                thread: Some(thread),
+            });
+        }
+        drop(setup_tx);
+
+        // Phase 3: the barrier. Each executor signals once its setup finished (and
+        // again when its thread ends), so wake on every signal and look.
+        let deadline = Instant::now() + setup_timeout;
+        while runtime.executors.iter().any(|e| e.health.is_starting()) {
+            match setup_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    for e in &runtime.executors {
+                        let what = if e.kind == ComponentKind::Spout {
+                            "open"
+                        } else {
+                            "prepare"
+                        };
+                        let cause = format!(
+                            "{what} did not finish within {} s",
+                            setup_timeout.as_secs_f64()
+                        );
+                        if e.health.fail_if_starting(e.tasks.0, cause.clone()) {
+                            runtime.errors.push(e.component.clone(), e.tasks.0, cause);
+                        }
+                    }
+                    break;
+                }
+                // Every thread ended: each recorded how before it let go of its sender.
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if runtime.executor_failure().is_none() && active {
+            runtime.activate();
+        }
+        Ok(runtime)
     }
 
     /// The topology's id.
@@ -350,6 +571,7 @@ impl TopologyRuntime {
                         failed: load(&s.failed),
                         timed_out: load(&s.timed_out),
                         executed: load(&s.executed),
+                        pending: load(&s.pending),
                         execute_latency_ms: if samples > 0 {
                             load(&s.execute_ns) as f64 / samples as f64 / 1e6
                         } else {
@@ -362,29 +584,49 @@ impl TopologyRuntime {
             .collect()
     }
 
-    fn to_spouts(&self, packet: fn() -> Packet) {
-        for e in self
-            .executors
+    fn spouts(&self) -> impl Iterator<Item = &ExecutorHandle> {
+        self.executors
             .iter()
             .filter(|e| e.kind == ComponentKind::Spout)
-        {
-            let _ = e.tx.send(packet());
-        }
     }
 
     /// Spouts start calling `next_tuple` again.
     pub fn activate(&self) {
-        self.to_spouts(|| Packet::Activate)
+        for e in self.spouts() {
+            let _ = e.tx.send(Packet::Activate);
+        }
     }
 
     /// Spouts stop calling `next_tuple`; in-flight tuples still complete.
     pub fn deactivate(&self) {
-        self.to_spouts(|| Packet::Deactivate)
+        for e in self.spouts() {
+            e.deactivations_sent.fetch_add(1, Ordering::Relaxed);
+            let _ = e.tx.send(Packet::Deactivate);
+        }
     }
 
-    /// The errors tasks reported, oldest first.
+    /// The kept errors tasks reported (the last [`ErrorLog::PER_COMPONENT`] per
+    /// component), oldest first.
     pub fn errors(&self) -> Vec<ReportedError> {
         self.errors.snapshot()
+    }
+
+    /// The kept errors with a `seq` greater than `seq`, oldest first: a heartbeat that
+    /// remembers the last `seq` it sent sends each error once, however many there are.
+    pub fn errors_since(&self, seq: u64) -> Vec<ReportedError> {
+        self.errors.since(seq)
+    }
+
+    /// How many errors were reported in all (kept or not).
+    pub fn error_total(&self) -> u64 {
+        self.errors.total()
+    }
+
+    /// Tuple trees in flight over the spouts of this process.
+    pub fn pending_trees(&self) -> u64 {
+        self.spouts()
+            .map(|e| e.stats.pending.load(Ordering::Acquire))
+            .sum()
     }
 
     /// A snapshot of every component's counters.
@@ -404,6 +646,7 @@ impl TopologyRuntime {
             c.failed += load(&s.failed);
             c.timed_out += load(&s.timed_out);
             c.executed += load(&s.executed);
+            c.pending += load(&s.pending);
             let ns = exec_ns.entry(e.component.clone()).or_default();
             ns.0 += load(&s.execute_ns);
             ns.1 += load(&s.execute_samples);
@@ -436,35 +679,69 @@ impl TopologyRuntime {
         }
     }
 
-    /// A description of the first executor that stopped on its own (its thread ended
-    /// while the runtime was not shutting down), or `None` while all run. A worker
-    /// exits when this is `Some`, so its supervisor restarts it (Storm's worker dies on an
-    /// executor error).
-    pub fn failed_executor(&self) -> Option<String> {
+    /// The first executor that failed or stopped on its own, while the runtime was not
+    /// shutting down: its `open`/`prepare` failed (an `Err`, a panic, or no answer within
+    /// the setup timeout), its thread died of a panic outside user code, or its thread
+    /// ended. `None` while all run (and once [`shutdown`](Self::shutdown) began).
+    pub fn executor_failure(&self) -> Option<ExecutorFailure> {
         if self.shutdown.load(Ordering::Relaxed) {
             return None;
         }
         self.executors.iter().find_map(|e| {
-            e.thread.as_ref().filter(|t| t.is_finished()).map(|_| {
-                format!(
-                    "executor {}[{}-{}] stopped",
-                    e.component, e.tasks.0, e.tasks.1
-                )
+            let (task, cause) = match e.health.failure() {
+                Some(f) => f,
+                None if e.health.is_stopped()
+                    || e.thread.as_ref().is_some_and(|t| t.is_finished()) =>
+                {
+                    (e.tasks.0, "the executor stopped unexpectedly".to_owned())
+                }
+                None => return None,
+            };
+            Some(ExecutorFailure {
+                kind: e.kind,
+                component: e.component.clone(),
+                task,
+                host: self.host.clone(),
+                port: self.port,
+                cause,
             })
         })
     }
 
-    /// Stops like Storm's worker on SIGTERM: spouts are deactivated, in-flight trees get
-    /// up to `grace` to complete, then every executor stops (`close`/`cleanup` run).
+    /// [`executor_failure`](Self::executor_failure) as one line naming the component,
+    /// task, host, port and cause, or `None` while all run. A worker exits when this is
+    /// `Some`, so its supervisor restarts it (Storm's worker dies on an executor error).
+    pub fn failed_executor(&self) -> Option<String> {
+        self.executor_failure().map(|f| f.to_string())
+    }
+
+    /// Stops like Storm's worker on SIGTERM: spouts are deactivated, the tuple trees in
+    /// flight get up to `grace` to complete (until no spout task has a pending tree),
+    /// then every executor stops (`close`/`cleanup` run). Trees still pending when
+    /// `grace` ran out fail by timeout at their spout after a restart (they are replayed
+    /// by reliable spouts).
     pub fn stop_gracefully(&mut self, grace: Duration) {
         self.deactivate();
         let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        let settled = |e: &ExecutorHandle| {
+            e.thread.as_ref().is_none_or(|t| t.is_finished())
+                || (e.stats.deactivations.load(Ordering::Acquire)
+                    >= e.deactivations_sent.load(Ordering::Relaxed)
+                    && e.stats.pending.load(Ordering::Acquire) == 0)
+        };
+        while !self.spouts().all(settled) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let left = self.pending_trees();
+        if left > 0 {
+            tracing::warn!(
+                topology = %self.topology_id,
+                "stopping with {left} tuple trees still pending after {} s",
+                grace.as_secs_f64()
+            );
         }
         self.shutdown(Duration::from_secs(5));
     }
-
     /// Stops every executor: spouts are closed and bolts cleaned up. Executors stuck in
     /// user code longer than `grace` are left behind (their threads are detached).
     pub fn shutdown(&mut self, grace: Duration) {
@@ -504,5 +781,57 @@ pub fn summarize(h: &hdrhistogram::Histogram<u64>) -> LatencySummary {
         p99: h.value_at_quantile(0.99) as f64 / 1000.0,
         max: h.max() as f64 / 1000.0,
         mean: h.mean() / 1000.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_outside_user_code_marks_the_executor_failed_and_is_reported() {
+        let (component, task) = (ComponentId::new("count"), TaskId(4));
+        let health = ExecutorHealth::default();
+        let errors = ErrorLog::default();
+        executor_thread(&component, task, &health, &errors, || {
+            panic!("index out of bounds")
+        });
+        let (t, cause) = health.failure().expect("the executor is failed");
+        assert_eq!(t, task);
+        assert_eq!(
+            cause,
+            "the executor thread panicked outside user code (a Squall bug): index out of bounds"
+        );
+        let e = errors.snapshot();
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].component.as_str(), e[0].task), ("count", task));
+
+        // A loop that returns normally only ends the executor; one that never finished
+        // its setup failed.
+        let ok = ExecutorHealth::default();
+        executor_thread(&component, task, &ok, &errors, || {});
+        assert!(ok.failure().unwrap().1.contains("ended during its setup"));
+    }
+
+    #[test]
+    fn failures_name_kind_component_task_host_port_and_cause() {
+        let mut f = ExecutorFailure {
+            kind: ComponentKind::Spout,
+            component: ComponentId::new("words"),
+            task: TaskId(3),
+            host: Some("node-1".into()),
+            port: Some(6701),
+            cause: "open returned an error: no such file".into(),
+        };
+        assert_eq!(
+            f.to_string(),
+            "spout 'words' task 3 on node-1:6701 failed: open returned an error: no such file"
+        );
+        f.host = None;
+        f.port = None;
+        assert_eq!(
+            f.to_string(),
+            "spout 'words' task 3 failed: open returned an error: no such file"
+        );
     }
 }

@@ -30,6 +30,13 @@ pub struct ExecutorStats {
     pub execute_samples: AtomicU64,
     /// Spouts: complete latency (emit to tree acked), microseconds.
     pub complete_latency_us: Mutex<Histogram<u64>>,
+    /// Spouts: tuple trees in flight (message ids neither acked nor failed yet), over
+    /// the executor's tasks. Published by the executor after every round of its loop.
+    pub pending: AtomicU64,
+    /// Spouts: deactivation requests the executor has handled. Stored (with release
+    /// ordering) after `pending`, so a reader that sees its request handled also sees a
+    /// pending count that can only go down from then on.
+    pub deactivations: AtomicU64,
 }
 
 impl Default for ExecutorStats {
@@ -44,6 +51,8 @@ impl Default for ExecutorStats {
             execute_ns: AtomicU64::new(0),
             execute_samples: AtomicU64::new(0),
             complete_latency_us: Mutex::new(new_histogram()),
+            pending: AtomicU64::new(0),
+            deactivations: AtomicU64::new(0),
         }
     }
 }
@@ -86,59 +95,155 @@ impl LocalStats {
     }
 }
 
-/// An error a task reported (a bolt panic, an `Err` from a basic bolt, `report_error`).
+/// An error a task reported (a failed `open`/`prepare`, a panic, an `Err` from a basic
+/// bolt, `report_error`).
 #[derive(Clone, Debug, Serialize)]
 pub struct ReportedError {
+    /// Position in the runtime's sequence of errors: 1 for the first, strictly
+    /// increasing. Errors dropped from [`ErrorLog`] keep their numbers, so "errors since
+    /// `seq` N" is exact forever (see [`ErrorLog::since`]).
+    pub seq: u64,
     /// The component.
     pub component: ComponentId,
     /// The task.
     pub task: TaskId,
+    /// The host of the worker that runs the task (cluster mode).
+    pub host: Option<String>,
+    /// The port of the worker that runs the task (cluster mode).
+    pub port: Option<u16>,
     /// When, as seconds since the Unix epoch.
     pub time_secs: u64,
     /// What went wrong.
     pub error: String,
 }
 
-impl ReportedError {
-    pub(crate) fn now(component: ComponentId, task: TaskId, error: String) -> Self {
-        let time_secs = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        ReportedError {
-            component,
-            task,
-            time_secs,
-            error,
-        }
-    }
-}
-
-/// The last errors of a topology, at most [`ErrorLog::PER_COMPONENT`] per component.
+/// The last errors of a topology's tasks in this process, at most
+/// [`ErrorLog::PER_COMPONENT`] per component, and how many there were in all.
 #[derive(Default, Debug)]
 pub struct ErrorLog {
-    errors: Mutex<Vec<ReportedError>>,
+    host: Option<String>,
+    port: Option<u16>,
+    inner: Mutex<Errors>,
+}
+
+#[derive(Default, Debug)]
+struct Errors {
+    kept: Vec<ReportedError>,
+    /// Errors ever reported (the `seq` of the last one).
+    total: u64,
 }
 
 impl ErrorLog {
     /// Errors kept per component, as in Storm.
     pub const PER_COMPONENT: usize = 10;
 
-    pub(crate) fn push(&self, e: ReportedError) {
-        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        let same = errors.iter().filter(|x| x.component == e.component).count();
+    /// An empty log whose errors are stamped with the worker's `host` and `port`.
+    pub fn new(host: Option<String>, port: Option<u16>) -> Self {
+        ErrorLog {
+            host,
+            port,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// Records an error of `task` of `component`; returns its `seq`.
+    pub fn push(&self, component: ComponentId, task: TaskId, error: String) -> u64 {
+        let time_secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.total += 1;
+        let seq = inner.total;
+        let same = inner
+            .kept
+            .iter()
+            .filter(|x| x.component == component)
+            .count();
         if same >= Self::PER_COMPONENT {
-            if let Some(pos) = errors.iter().position(|x| x.component == e.component) {
-                errors.remove(pos);
+            if let Some(pos) = inner.kept.iter().position(|x| x.component == component) {
+                inner.kept.remove(pos);
             }
         }
-        errors.push(e);
+        inner.kept.push(ReportedError {
+            seq,
+            component,
+            task,
+            host: self.host.clone(),
+            port: self.port,
+            time_secs,
+            error,
+        });
+        seq
     }
 
     /// A copy of the kept errors, oldest first.
     pub fn snapshot(&self) -> Vec<ReportedError> {
-        self.errors
+        self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .kept
             .clone()
+    }
+
+    /// The kept errors with a `seq` greater than `seq`, oldest first. A reader that
+    /// remembers the last `seq` it saw gets every later error still kept, however many
+    /// errors there are.
+    pub fn since(&self, seq: u64) -> Vec<ReportedError> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .kept
+            .iter()
+            .filter(|e| e.seq > seq)
+            .cloned()
+            .collect()
+    }
+
+    /// How many errors were ever reported (kept or not): the `seq` of the latest.
+    pub fn total(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_counting_past_the_ten_kept_per_component() {
+        let log = ErrorLog::new(Some("h1".into()), Some(6700));
+        let (a, b) = (ComponentId::new("a"), ComponentId::new("b"));
+        for i in 1..=25u64 {
+            let seq = log.push(a.clone(), TaskId(1), format!("a{i}"));
+            assert_eq!(seq, 2 * i - 1);
+            assert_eq!(log.push(b.clone(), TaskId(2), format!("b{i}")), 2 * i);
+        }
+        assert_eq!(log.total(), 50);
+        let kept = log.snapshot();
+        assert_eq!(kept.len(), 2 * ErrorLog::PER_COMPONENT);
+        // The newest ten of each, oldest first, numbers strictly increasing.
+        assert!(kept.windows(2).all(|w| w[0].seq < w[1].seq));
+        let of_a: Vec<&str> = kept
+            .iter()
+            .filter(|e| e.component == a)
+            .map(|e| e.error.as_str())
+            .collect();
+        assert_eq!(of_a.first(), Some(&"a16"));
+        assert_eq!(of_a.last(), Some(&"a25"));
+        assert!(kept
+            .iter()
+            .all(|e| e.host.as_deref() == Some("h1") && e.port == Some(6700)));
+
+        // A reader that saw up to seq 45 gets exactly the five later ones.
+        let newer = log.since(45);
+        assert_eq!(
+            newer.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [46, 47, 48, 49, 50]
+        );
+        assert!(log.since(50).is_empty());
+        log.push(a.clone(), TaskId(1), "late".into());
+        let newer = log.since(50);
+        assert_eq!(newer.len(), 1);
+        assert_eq!((newer[0].seq, newer[0].error.as_str()), (51, "late"));
     }
 }

@@ -55,15 +55,41 @@ pub fn launch_mode() -> LaunchMode {
 /// Submits topologies to a cluster (Storm's `StormSubmitter`).
 pub struct StormSubmitter;
 
-fn overrides() -> Result<Config, WorkerError> {
-    match std::env::var(CONF_ENV) {
-        Ok(json) if !json.is_empty() => serde_json::from_str(&json)
-            .map_err(|e| WorkerError::NotLaunched(format!("invalid {CONF_ENV}: {e}"))),
-        _ => Ok(Config::new()),
+/// Parses the value of [`CONF_ENV`]: a JSON object of config keys; empty or absent is an
+/// empty configuration.
+pub fn parse_command_line_config(json: Option<&str>) -> Result<Config, WorkerError> {
+    match json.map(str::trim) {
+        None | Some("") => Ok(Config::new()),
+        Some(json) => serde_json::from_str(json).map_err(|e| {
+            WorkerError::CommandLineConfig(format!(
+                "{e} (expected a JSON object of config keys, as `squall jar -c key=value` sets)"
+            ))
+        }),
     }
 }
 
 impl StormSubmitter {
+    /// The configuration given on the command line of `squall jar` / `squall local`
+    /// (`-c key=value`, `--config FILE`), as Storm's `Utils.readCommandLineOpts()` gives
+    /// it to a topology's `main`: read from the `SQUALL_CONF` environment variable those
+    /// commands set. An empty configuration when the binary was started otherwise.
+    ///
+    /// [`submit_topology`](Self::submit_topology) merges these options over the
+    /// topology's configuration by itself; call this when `main` needs them earlier,
+    /// e.g. to size the topology:
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), squall_worker::WorkerError> {
+    /// use squall_worker::StormSubmitter;
+    /// // squall jar ./my-topology name -c my.app.splitters=8
+    /// let cli = StormSubmitter::command_line_config()?;
+    /// let splitters = cli.get_u64("my.app.splitters")?.unwrap_or(2);
+    /// # let _ = splitters; Ok(()) }
+    /// ```
+    pub fn command_line_config() -> Result<Config, WorkerError> {
+        parse_command_line_config(std::env::var(CONF_ENV).ok().as_deref())
+    }
+
     /// Submits `topology` as `name` (see the module docs for what happens in each
     /// launch mode). In worker mode this call runs the worker and returns when it stops.
     pub fn submit_topology(
@@ -73,9 +99,10 @@ impl StormSubmitter {
     ) -> Result<(), WorkerError> {
         crate::local::validate_topology_name(name)?;
         let mut conf = conf.clone();
-        conf.merge(&overrides()?);
+        conf.merge(&Self::command_line_config()?);
         conf.validate()?;
         topology.spec().validate()?;
+        topology.spec().validate_with_conf(&conf)?;
         match launch_mode() {
             LaunchMode::Direct => Err(WorkerError::NotLaunched(format!(
                 "cannot submit topology '{name}': this binary was not started by `squall jar`. \
@@ -156,4 +183,29 @@ fn run_local(name: &str, conf: &Config, topology: &Topology) -> Result<(), Worke
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_config_parses_the_json_that_squall_jar_sets() {
+        assert_eq!(parse_command_line_config(None).unwrap(), Config::new());
+        assert_eq!(parse_command_line_config(Some(" ")).unwrap(), Config::new());
+        let c = parse_command_line_config(Some(
+            r#"{"topology.workers": 3, "my.app.name": "x", "topology.debug": true}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.num_workers().unwrap(), 3);
+        assert_eq!(c.get_str("my.app.name").unwrap(), Some("x"));
+        assert!(c.debug().unwrap());
+        let err = parse_command_line_config(Some("[1, 2]")).unwrap_err();
+        assert!(matches!(err, WorkerError::CommandLineConfig(_)), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid command-line configuration in SQUALL_CONF: "),
+            "{err}"
+        );
+    }
 }
