@@ -103,7 +103,14 @@ enum Cmd {
 
 /// Namespaces of cluster keys: an unknown key in one of them is a typo, refused.
 const CLUSTER_NAMESPACES: &[&str] = &[
-    "storm.", "nimbus.", "supervisor.", "worker.", "ui.", "logviewer.", "drpc.", "squall.",
+    "storm.",
+    "nimbus.",
+    "supervisor.",
+    "worker.",
+    "ui.",
+    "logviewer.",
+    "drpc.",
+    "squall.",
     "dev.",
 ];
 
@@ -119,8 +126,8 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let mut cluster_overrides = Vec::new();
     for arg in &cli.conf {
         let (key, _) = config::parse_override(arg)?;
-        let own = !config::is_known_key(&key)
-            && !CLUSTER_NAMESPACES.iter().any(|ns| key.starts_with(ns));
+        let own =
+            !config::is_known_key(&key) && !CLUSTER_NAMESPACES.iter().any(|ns| key.starts_with(ns));
         if !(topology_args && own) {
             cluster_overrides.push(arg.clone());
         }

@@ -77,7 +77,6 @@ struct Args {
 }
 
 /// Emits the ids of its task, remembering the acked ones in a log.
-#[derive(Clone)]
 struct DurableSpout {
     dir: PathBuf,
     count: u64,
@@ -87,7 +86,7 @@ struct DurableSpout {
     next: u64,
     acked: BTreeSet<u64>,
     replay: VecDeque<u64>,
-    log: Option<std::sync::Arc<File>>,
+    log: Option<File>,
     pacer: Option<Pacer>,
 }
 
@@ -124,16 +123,14 @@ fn append(path: &Path) -> std::io::Result<File> {
 }
 
 impl Spout for DurableSpout {
-    fn open(&mut self, _conf: &Config, ctx: &TopologyContext) {
+    fn open(&mut self, _conf: &Config, ctx: &TopologyContext) -> Result<(), BoxError> {
         self.tasks = ctx.component_tasks(ctx.this_component_id().as_str()).len() as u64;
         self.index = ctx.this_task_index() as u64;
         let path = self.dir.join(format!("acked-{}.log", self.index));
         self.acked = read_ids(&path).into_iter().collect();
         self.next = self.index;
-        match append(&path) {
-            Ok(f) => self.log = Some(std::sync::Arc::new(f)),
-            Err(e) => eprintln!("reliable-ids: cannot open {}: {e}", path.display()),
-        }
+        let log = append(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        self.log = Some(log);
         if self.rate > 0 {
             self.pacer = Some(Pacer::new(self.rate));
         }
@@ -143,6 +140,7 @@ impl Spout for DurableSpout {
             self.tasks,
             self.acked.len()
         );
+        Ok(())
     }
 
     fn next_tuple(&mut self, out: &mut SpoutOutputCollector<'_>) {
@@ -173,8 +171,8 @@ impl Spout for DurableSpout {
             return;
         };
         if self.acked.insert(id) {
-            if let Some(log) = &self.log {
-                let _ = (&**log).write_all(format!("{id}\n").as_bytes());
+            if let Some(log) = &mut self.log {
+                let _ = log.write_all(format!("{id}\n").as_bytes());
             }
         }
     }
@@ -220,19 +218,17 @@ impl BasicBolt for Relay {
 }
 
 /// Appends every id it sees to its log, then acks it.
-#[derive(Clone)]
 struct RecordingSink {
     dir: PathBuf,
-    log: Option<std::sync::Arc<File>>,
+    log: Option<File>,
 }
 
 impl BasicBolt for RecordingSink {
-    fn prepare(&mut self, _conf: &Config, ctx: &TopologyContext) {
+    fn prepare(&mut self, _conf: &Config, ctx: &TopologyContext) -> Result<(), BoxError> {
         let path = self.dir.join(format!("seen-{}.log", ctx.this_task_id()));
-        match append(&path) {
-            Ok(f) => self.log = Some(std::sync::Arc::new(f)),
-            Err(e) => eprintln!("reliable-ids: cannot open {}: {e}", path.display()),
-        }
+        let log = append(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        self.log = Some(log);
+        Ok(())
     }
 
     fn execute(
@@ -241,8 +237,8 @@ impl BasicBolt for RecordingSink {
         _out: &mut BasicOutputCollector<'_, '_>,
     ) -> Result<(), BoxError> {
         let id = input.get_long(0)?;
-        let log = self.log.as_ref().ok_or("the sink's log is not open")?;
-        (&**log).write_all(format!("{id}\n").as_bytes())?;
+        let log = self.log.as_mut().ok_or("the sink's log is not open")?;
+        log.write_all(format!("{id}\n").as_bytes())?;
         Ok(())
     }
 }
@@ -307,9 +303,11 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let mut builder = TopologyBuilder::new();
-    builder.set_spout(
+    // Factory forms: each task gets a fresh instance (with its own open file), no Clone.
+    let (spout_dir, count, rate) = (dir.clone(), args.count, args.rate);
+    builder.set_spout_with(
         "ids",
-        DurableSpout::new(&dir, args.count, args.rate),
+        move || DurableSpout::new(&spout_dir, count, rate),
         args.spouts,
     );
     builder
@@ -322,11 +320,14 @@ fn main() -> anyhow::Result<()> {
         )
         .shuffle_grouping("ids");
     builder
-        .set_bolt(
+        .set_bolt_with(
             "sink",
-            RecordingSink {
-                dir: dir.clone(),
-                log: None,
+            {
+                let dir = dir.clone();
+                move || RecordingSink {
+                    dir: dir.clone(),
+                    log: None,
+                }
             },
             args.bolts,
         )
