@@ -97,6 +97,9 @@ pub struct ReportedError {
     pub time_secs: u64,
     /// What went wrong.
     pub error: String,
+    /// Strictly increasing per runtime, in the order errors were reported (1, 2, ...),
+    /// so a reader can ask for the errors after the last one it saw.
+    pub seq: u64,
 }
 
 impl ReportedError {
@@ -109,6 +112,7 @@ impl ReportedError {
             task,
             time_secs,
             error,
+            seq: 0,
         }
     }
 }
@@ -117,14 +121,16 @@ impl ReportedError {
 #[derive(Default, Debug)]
 pub struct ErrorLog {
     errors: Mutex<Vec<ReportedError>>,
+    last_seq: std::sync::atomic::AtomicU64,
 }
 
 impl ErrorLog {
     /// Errors kept per component, as in Storm.
     pub const PER_COMPONENT: usize = 10;
 
-    pub(crate) fn push(&self, e: ReportedError) {
+    pub(crate) fn push(&self, mut e: ReportedError) {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        e.seq = self.last_seq.fetch_add(1, Relaxed) + 1;
         let same = errors.iter().filter(|x| x.component == e.component).count();
         if same >= Self::PER_COMPONENT {
             if let Some(pos) = errors.iter().position(|x| x.component == e.component) {
