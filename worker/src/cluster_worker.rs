@@ -465,21 +465,24 @@ impl Supervision<'_> {
         let sent_seq = AtomicU64::new(0);
         let (verdict_tx, verdicts) = crossbeam_channel::unbounded::<Verdict>();
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let cancel = tokio::sync::Notify::new();
         let outcome = std::thread::scope(|s| {
             let local_stop = stop_rx.clone();
             let _ = std::thread::Builder::new()
                 .name("squall-heartbeat-file".into())
                 .spawn_scoped(s, move || self.local_heartbeat_loop(&local_stop));
             if !self.launch.nimbus.is_empty() {
-                let sent_seq = &sent_seq;
+                let (sent_seq, cancel) = (&sent_seq, &cancel);
                 let _ = std::thread::Builder::new()
                     .name("squall-heartbeat-nimbus".into())
                     .spawn_scoped(s, move || {
-                        self.nimbus_loop(started, sent_seq, &verdict_tx, &stop_rx)
+                        self.nimbus_loop(started, sent_seq, &verdict_tx, &stop_rx, cancel)
                     });
             }
             let outcome = self.main_loop(sigterm, &verdicts);
-            drop(stop_tx); // ends both heartbeat loops
+            // End both heartbeat loops, even in the middle of a post to a hung Nimbus.
+            drop(stop_tx);
+            cancel.notify_one();
             outcome
         });
         if let Outcome::Failed(what) = &outcome {
@@ -653,14 +656,22 @@ impl Supervision<'_> {
     }
 
     /// Posts `hb` to each Nimbus in turn until one answers.
+    /// `None` also when `cancel` is notified meanwhile.
     fn post(
         rt: &tokio::runtime::Runtime,
         clients: &[NimbusClient],
         hb: &WorkerHeartbeat,
         warn: &mut LogLimiter,
+        cancel: &tokio::sync::Notify,
     ) -> Verdict {
         for c in clients {
-            match rt.block_on(c.heartbeat(hb)) {
+            let answer = rt.block_on(async {
+                tokio::select! {
+                    r = c.heartbeat(hb) => Some(r),
+                    _ = cancel.notified() => None,
+                }
+            });
+            match answer? {
                 Ok(r) => return Some(r),
                 Err(e) => {
                     if let Some(n) = warn.allow() {
@@ -682,6 +693,7 @@ impl Supervision<'_> {
         sent_seq: &AtomicU64,
         verdicts: &Sender<Verdict>,
         stop: &Receiver<()>,
+        cancel: &tokio::sync::Notify,
     ) {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -697,7 +709,8 @@ impl Supervision<'_> {
         let mut warn = LogLimiter::new(Duration::from_secs(30));
         loop {
             let (errors, last) = self.new_errors(sent_seq.load(Ordering::Relaxed));
-            let verdict = Self::post(&rt, &clients, &self.heartbeat(started, errors), &mut warn);
+            let hb = self.heartbeat(started, errors);
+            let verdict = Self::post(&rt, &clients, &hb, &mut warn, cancel);
             if verdict.is_some() {
                 sent_seq.store(last, Ordering::Relaxed);
             }
@@ -734,7 +747,8 @@ impl Supervision<'_> {
         };
         let clients = rt.block_on(async { self.clients(LAST_REPORT_TIMEOUT) });
         let mut warn = LogLimiter::new(Duration::from_secs(30));
-        let _ = Self::post(&rt, &clients, &self.heartbeat(started, errors), &mut warn);
+        let hb = self.heartbeat(started, errors);
+        let _ = Self::post(&rt, &clients, &hb, &mut warn, &tokio::sync::Notify::new());
     }
 }
 
@@ -788,4 +802,353 @@ fn write_local_heartbeat(path: &Path, hb: &LocalHeartbeat) -> std::io::Result<()
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec(hb).map_err(std::io::Error::other)?)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use squall_api::{values, Bolt, OutputCollector, Spout, SpoutOutputCollector, Tuple};
+    use squall_api::{OutputFieldsDeclarer, TopologyBuilder};
+    use squall_cluster::state::ExecutorAssignment;
+
+    use super::*;
+
+    fn slot(port: u16) -> WorkerSlot {
+        WorkerSlot {
+            node: "n1".into(),
+            port,
+        }
+    }
+
+    fn assignment(places: &[(&str, u32, u32, u16)], version: u64, epoch: u64) -> Assignment {
+        Assignment {
+            topology_id: "t-1".into(),
+            topology_name: "t".into(),
+            binary_sha256: String::new(),
+            args: Vec::new(),
+            conf: Config::new(),
+            executors: places
+                .iter()
+                .map(|&(c, first, last, port)| ExecutorAssignment {
+                    component: c.into(),
+                    first: TaskId(first),
+                    last: TaskId(last),
+                    slot: slot(port),
+                })
+                .collect(),
+            node_host: BTreeMap::from([("n1".to_owned(), "127.0.0.1".to_owned())]),
+            slot_start_secs: BTreeMap::new(),
+            version,
+            epoch,
+        }
+    }
+
+    #[test]
+    fn newer_assignments_re_point_moved_executors_or_restart_the_worker() {
+        let me = slot(1);
+        let a = assignment(&[("s", 1, 1, 1), ("b", 2, 3, 2), ("b", 4, 5, 3)], 4, 2);
+        // Not newer, or newer and nothing of interest changed.
+        assert_eq!(compare(&a, &a, &me), LaunchChange::Unchanged);
+        let mut same = a.clone();
+        same.version = 5;
+        assert_eq!(compare(&a, &same, &me), LaunchChange::Unchanged);
+        // An executor of another worker moved: re-point its lane.
+        let moved = assignment(&[("s", 1, 1, 1), ("b", 2, 3, 2), ("b", 4, 5, 7)], 5, 2);
+        assert_eq!(
+            compare(&a, &moved, &me),
+            LaunchChange::Moved(vec![(TaskId(4), "127.0.0.1:7".into())])
+        );
+        // An older file (the supervisor lags) changes nothing.
+        assert_eq!(compare(&moved, &a, &me), LaunchChange::Unchanged);
+        // This worker's executors changed, or the epoch: a new worker is due.
+        let mine = assignment(&[("s", 1, 1, 9), ("b", 2, 3, 2), ("b", 4, 5, 3)], 5, 2);
+        assert!(
+            matches!(compare(&a, &mine, &me), LaunchChange::Restart(r) if r.contains("executors"))
+        );
+        let gained = assignment(&[("s", 1, 1, 1), ("b", 2, 3, 1), ("b", 4, 5, 3)], 5, 2);
+        assert!(matches!(
+            compare(&a, &gained, &me),
+            LaunchChange::Restart(_)
+        ));
+        let epoch = assignment(&[("s", 1, 1, 1), ("b", 2, 3, 2), ("b", 4, 5, 3)], 5, 3);
+        assert!(
+            matches!(compare(&a, &epoch, &me), LaunchChange::Restart(r) if r.contains("epoch"))
+        );
+        let other = assignment(&[("s", 1, 1, 1), ("b", 2, 2, 2), ("b", 3, 5, 3)], 5, 2);
+        assert!(matches!(compare(&a, &other, &me), LaunchChange::Restart(_)));
+    }
+
+    #[derive(Clone)]
+    struct Ticker;
+
+    impl Spout for Ticker {
+        fn next_tuple(&mut self, out: &mut SpoutOutputCollector<'_>) {
+            std::thread::sleep(Duration::from_millis(1));
+            out.emit(values![1]);
+        }
+        fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) {
+            d.declare(["n"]);
+        }
+    }
+
+    #[derive(Clone)]
+    struct Sink;
+
+    impl Bolt for Sink {
+        fn execute(&mut self, _input: Tuple, _out: &mut OutputCollector<'_>) {}
+    }
+
+    /// A fake Nimbus: answers every request with the JSON in `answer`; counts requests.
+    /// With `None` it accepts and never answers.
+    fn fake_nimbus(answer: Arc<Mutex<Option<String>>>) -> (String, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(AtomicU64::new(0));
+        let counted = requests.clone();
+        std::thread::spawn(move || {
+            let mut silent = Vec::new();
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                counted.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = answer.lock().unwrap().clone() else {
+                    silent.push(conn); // keep it open, never answer
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // Read the headers and the body announced.
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 {
+                            return;
+                        }
+                        req.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&req).to_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if req.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        (addr, requests)
+    }
+
+    struct Fixture {
+        net: WorkerNet,
+        launch: WorkerLaunch,
+        dir: PathBuf,
+        spec: PathBuf,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// One worker running the spout (and the acker); the bolt runs on a worker that is
+    /// not there (its lane keeps retrying).
+    fn fixture(name: &str, nimbus: Vec<String>) -> Fixture {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let mut b = TopologyBuilder::new();
+        b.set_spout("s", Ticker, 1);
+        b.set_bolt("b", Sink, 1).shuffle_grouping("s");
+        let topology = b.create_topology().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let me = listener.local_addr().unwrap().port();
+        let nobody = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // Tasks: b = 1, s = 2, acker = 3.
+        let mut a = assignment(
+            &[("b", 1, 1, nobody), ("s", 2, 2, me), ("__acker", 3, 3, me)],
+            1,
+            1,
+        );
+        a.conf.set_num_ackers(1);
+        let dir = std::env::temp_dir().join(format!("squall-worker-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let launch = WorkerLaunch {
+            topology_id: a.topology_id.clone(),
+            topology_name: a.topology_name.clone(),
+            supervisor_id: "n1".into(),
+            host: "127.0.0.1".into(),
+            port: me,
+            assignment: a.clone(),
+            nimbus,
+            heartbeat_file: dir.join("heartbeat"),
+            secret_file: None,
+        };
+        let spec = dir.join("launch.json");
+        std::fs::write(&spec, serde_json::to_vec(&launch).unwrap()).unwrap();
+        let net = WorkerNet::start(&topology, &a, &slot(me), listener, None, false).unwrap();
+        Fixture {
+            net,
+            launch,
+            dir,
+            spec,
+        }
+    }
+
+    impl Fixture {
+        fn supervision(&self) -> Supervision<'_> {
+            Supervision {
+                net: &self.net,
+                launch: &self.launch,
+                spec_path: Some(&self.spec),
+                secret: None,
+                every: Duration::from_millis(200),
+                not_assigned_grace: Duration::from_millis(600),
+            }
+        }
+
+        fn emitted(&self) -> u64 {
+            self.net.runtime().stats().component("s").emitted
+        }
+    }
+
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn the_heartbeat_file_is_written_while_nimbus_hangs_and_sigterm_still_stops() {
+        let (nimbus, requests) = fake_nimbus(Arc::new(Mutex::new(None)));
+        let f = fixture("hung", vec![nimbus]);
+        let (term_tx, term) = crossbeam_channel::bounded(1);
+        std::thread::scope(|s| {
+            let sup = f.supervision();
+            let run = s.spawn(move || sup.run(&term));
+            wait_for("a heartbeat to Nimbus", || {
+                requests.load(Ordering::Relaxed) > 0
+            });
+            // Nimbus holds the post; the file keeps being rewritten.
+            for _ in 0..3 {
+                let _ = std::fs::remove_file(&f.launch.heartbeat_file);
+                wait_for("the heartbeat file", || f.launch.heartbeat_file.exists());
+            }
+            let hb: LocalHeartbeat =
+                serde_json::from_slice(&std::fs::read(&f.launch.heartbeat_file).unwrap()).unwrap();
+            assert_eq!(
+                (hb.topology_id.as_str(), hb.assignment_version, hb.epoch),
+                ("t-1", 1, 1)
+            );
+            assert_eq!(hb.pid, std::process::id());
+            assert_eq!(hb.executors.len(), 2);
+            // Without an answer the spouts never started.
+            assert_eq!(f.emitted(), 0);
+            let asked = Instant::now();
+            term_tx.send(()).unwrap();
+            let outcome = run.join().unwrap();
+            assert_eq!(outcome, Outcome::Stop("received SIGTERM".into()));
+            assert!(
+                asked.elapsed() < Duration::from_secs(3),
+                "stopping waited for the hung Nimbus"
+            );
+        });
+    }
+
+    #[test]
+    fn verdicts_steer_the_spouts_and_not_assigned_stops_the_worker() {
+        let answer = Arc::new(Mutex::new(Some(
+            r#"{"verdict":"assigned","status":"ACTIVE","assignment_version":1}"#.to_owned(),
+        )));
+        let (nimbus, _) = fake_nimbus(answer.clone());
+        let f = fixture("verdicts", vec![nimbus]);
+        let (_term_tx, term) = crossbeam_channel::bounded(1);
+        std::thread::scope(|s| {
+            let sup = f.supervision();
+            let run = s.spawn(move || sup.run(&term));
+            wait_for("the spout to start", || f.emitted() > 0);
+            // Unknown: carry on (the spout keeps emitting).
+            *answer.lock().unwrap() = Some(r#"{"verdict":"unknown"}"#.to_owned());
+            let before = f.emitted();
+            std::thread::sleep(Duration::from_millis(800));
+            wait_for("the spout to keep emitting", || f.emitted() > before);
+            assert!(!run.is_finished());
+            // Inactive: the spout stops.
+            *answer.lock().unwrap() = Some(
+                r#"{"verdict":"assigned","status":"INACTIVE","assignment_version":1}"#.to_owned(),
+            );
+            std::thread::sleep(Duration::from_millis(800));
+            let paused = f.emitted();
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(f.emitted(), paused, "an inactive spout emitted");
+            // Not assigned, for longer than the grace: stop.
+            *answer.lock().unwrap() = Some(r#"{"verdict":"not_assigned"}"#.to_owned());
+            let outcome = run.join().unwrap();
+            assert!(
+                matches!(&outcome, Outcome::Stop(r) if r.contains("no longer assigns")),
+                "{outcome:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn the_launch_file_re_points_moved_executors_and_a_changed_one_stops_the_worker() {
+        let f = fixture("launch", Vec::new());
+        let (_term_tx, term) = crossbeam_channel::bounded(1);
+        std::thread::scope(|s| {
+            let sup = f.supervision();
+            let run = s.spawn(move || sup.run(&term));
+            let write = |a: &Assignment| {
+                let mut l = f.launch.clone();
+                l.assignment = a.clone();
+                let tmp = f.spec.with_extension("tmp");
+                std::fs::write(&tmp, serde_json::to_vec(&l).unwrap()).unwrap();
+                std::fs::rename(&tmp, &f.spec).unwrap();
+            };
+            // The bolt moved to another worker: its lane follows.
+            let mut moved = f.launch.assignment.clone();
+            moved.version = 2;
+            moved.executors[0].slot.port = 1;
+            write(&moved);
+            let lane = f.net.lane(TaskId(1)).unwrap();
+            wait_for("the lane re-pointed", || lane.addr().port() == 1);
+            wait_for("the new version in the heartbeat", || {
+                std::fs::read(&f.launch.heartbeat_file)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<LocalHeartbeat>(&b).ok())
+                    .is_some_and(|h| h.assignment_version == 2)
+            });
+            assert!(!run.is_finished());
+            // This worker's own executors moved: stop (a new worker takes over).
+            let mut mine = moved.clone();
+            mine.version = 3;
+            mine.executors[1].slot.port = 2;
+            write(&mine);
+            let outcome = run.join().unwrap();
+            assert!(
+                matches!(&outcome, Outcome::Stop(r) if r.contains("executors")),
+                "{outcome:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_dead_executor_is_named_by_its_component() {
+        let f = fixture("failed", Vec::new());
+        let what = "executor s[2-2] stopped";
+        assert_eq!(failed_component(what, f.net.runtime()), ("s".to_owned(), 2));
+    }
 }
