@@ -1,5 +1,5 @@
 //! Throughput of the worker-to-worker transport over loopback: one sender thread feeds a
-//! `RemoteWorker` batches of 256 one-field tuples; a `TransportServer` hands them to a
+//! `Lane` batches of 256 one-field tuples; a `TransportServer` hands them to a
 //! queue that one thread drains. Prints one JSON line.
 //!
 //! ```text
@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use squall_api::{values, Anchors, TaskId};
 use squall_worker::message::{Envelope, Msg, Packet};
-use squall_worker::transport::{connect_remote, LocalRouter, TransportServer};
+use squall_worker::transport::{
+    connect_lane, Identity, LocalExecutor, LocalRouter, Role, TransportServer,
+};
 
 const BATCH: usize = 256;
 const WORDS: [&str; 8] = [
@@ -31,9 +33,17 @@ fn main() -> std::io::Result<()> {
     let anchored = args.iter().any(|a| a == "--anchored");
 
     let (q, rx) = crossbeam_channel::bounded::<Packet>(64);
-    let router = LocalRouter::new(&[q], &[None, Some(0)]);
-    let server = TransportServer::start(TcpListener::bind("127.0.0.1:0")?, "bench", router)?;
-    let (tx, client) = connect_remote(server.local_addr(), "bench", "sender", 64)?;
+    let executor = LocalExecutor {
+        first: TaskId(1),
+        last: TaskId(1),
+        role: Role::Bolt,
+        queue: q,
+    };
+    let router = LocalRouter::new(vec![executor], 1, TaskId(2));
+    let identity = Identity::new("bench", 1, "sender");
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let server = TransportServer::start(listener, identity.clone(), router)?;
+    let (tx, client) = connect_lane(server.local_addr(), &identity, TaskId(1), Some(64))?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));

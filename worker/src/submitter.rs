@@ -126,6 +126,14 @@ fn submit_remote(name: &str, conf: &Config, topology: &Topology) -> Result<(), W
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect();
+    // `squall jar` names the cluster secret's file when the cluster has one.
+    let secret = match std::env::var_os(squall_cluster::rpc::SECRET_FILE_ENV) {
+        Some(path) if !path.is_empty() => Some(
+            squall_cluster::secret::Secret::from_file(std::path::Path::new(&path))
+                .map_err(|e| WorkerError::NotLaunched(e.to_string()))?,
+        ),
+        _ => None,
+    };
     let exe = std::env::current_exe()
         .map_err(|e| WorkerError::NotLaunched(format!("cannot find this binary: {e}")))?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -140,25 +148,34 @@ fn submit_remote(name: &str, conf: &Config, topology: &Topology) -> Result<(), W
         args: std::env::args().skip(1).collect(),
         owner: std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned()),
     };
-    let mut last = None;
-    for addr in &nimbus {
-        let client = NimbusClient::new(addr);
-        let result = rt.block_on(async {
-            let sha = client.upload_binary(&exe).await?;
-            client.submit(&request(sha)).await
-        });
-        match result {
-            Ok(r) => {
-                println!("Submitted topology '{name}' as {}", r.topology_id);
-                return Ok(());
-            }
-            Err(e @ squall_cluster::rpc::RpcError::Unreachable { .. }) => last = Some(e),
-            Err(e) => {
-                return Err(WorkerError::NotLaunched(format!(
-                    "Nimbus refused topology '{name}': {e}"
-                )))
+    let mut last: Option<squall_cluster::rpc::RpcError> = None;
+    // While the Nimbus processes are electing a leader, ask again for a while.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        for addr in &nimbus {
+            let client = NimbusClient::new(addr).with_secret(secret.clone());
+            let result = rt.block_on(async {
+                let sha = client.upload_binary(&exe).await?;
+                client.submit(&request(sha)).await
+            });
+            match result {
+                Ok(r) => {
+                    println!("Submitted topology '{name}' as {}", r.topology_id);
+                    return Ok(());
+                }
+                Err(e @ squall_cluster::rpc::RpcError::Unreachable { .. }) => last = Some(e),
+                Err(e) => {
+                    return Err(WorkerError::NotLaunched(format!(
+                        "Nimbus refused topology '{name}': {e}"
+                    )))
+                }
             }
         }
+        let electing = last.as_ref().is_some_and(|e| e.is_no_leader());
+        if !electing || std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
     Err(WorkerError::NotLaunched(match last {
         Some(e) => e.to_string(),

@@ -1,75 +1,134 @@
-//! The worker-to-worker data plane: batches of [`Envelope`]s over TCP.
+//! The worker-to-worker data plane: batches of [`Envelope`]s over TCP, one *lane* per
+//! remote executor.
 //!
-//! Every worker process runs one [`TransportServer`] and, per other worker it sends to,
-//! one [`RemoteWorker`] ([`connect_remote`]). Both are plain threads over blocking
-//! sockets:
+//! Every worker process runs one [`TransportServer`] and, per executor of another worker
+//! that it sends to, one [`Lane`] ([`connect_lane`]): a send queue, a writer thread and
+//! a TCP connection of its own. Both ends are plain threads over blocking sockets:
 //!
 //! ```text
-//!  worker A                                             worker B
-//!  executor ─ Transfer ─▶ queue ─▶ writer thread ══TCP══▶ reader thread ─ LocalRouter ─▶ executor queues
+//!  worker A                                                  worker B
+//!  executors ─ Transfer ─▶ lane queue ─▶ writer ══TCP══▶ reader ─▶ queue of executor X
+//!                       └▶ lane queue ─▶ writer ══TCP══▶ reader ─▶ queue of executor Y
 //! ```
 //!
 //! # Plugging into `Transfer`
 //!
-//! The sender returned by [`connect_remote`] is a `Sender<Packet>` like an executor's
-//! receive queue, so a remote worker is one more destination of
-//! [`Transfer`](crate::transfer): append it to the `queues` and map every task the remote
-//! worker runs to its index in `dest_of_task`. `Transfer` then batches per remote worker
-//! exactly as it does per local executor, and a full send queue blocks the producer.
+//! The sender returned by [`connect_lane`] is a `Sender<Packet>` like an executor's
+//! receive queue, so a remote executor is one more destination of
+//! [`Transfer`](crate::transfer): append its lane to the `queues` and map the executor's
+//! tasks to its index in `dest_of_task`. `Transfer` batches per remote executor exactly
+//! as it does per local one.
+//!
+//! # Why lanes cannot deadlock
+//!
+//! Locally, an executor blocks only when it hands a batch to a full *bounded* queue: the
+//! queue of a bolt it emits to (bolts receive only tuples), or of an acker. Spout queues
+//! are unbounded and ackers send only to spouts, so ackers never block and every wait
+//! follows an edge of the topology towards a consumer that is not itself waiting on the
+//! producer (the same DAG as the topology's streams).
+//!
+//! Lanes keep exactly that waits-for graph across processes:
+//!
+//! - a lane leads to **one** remote executor. A lane to a bolt is bounded like the bolt's
+//!   own queue; a lane to a spout or an acker carries only control messages (ack-init,
+//!   ack, fail, tree-acked, tree-failed) and is **unbounded**, so an acker never blocks and
+//!   control never waits behind data;
+//! - the server's reader for a lane blocks only on that one executor's queue; its writer
+//!   blocks only on that reader (TCP's window); producers block only on the lane's queue.
+//!
+//! So "producer waits for the lane" means "producer waits for that executor", an edge of
+//! the local waits-for graph, and no wait is shared between two executors: there is no
+//! connection on which data for X can sit in front of data for Y (head-of-line blocking,
+//! which with one connection per worker pair lets W→X→Z→Y placed as W,Z | X,Y deadlock).
 //!
 //! # Wire format
 //!
-//! A connection starts with the 4 bytes [`MAGIC`] (`SQL1`) followed by one hello frame;
-//! then every frame carries one batch. A frame is a big-endian `u32` length and that many
-//! bytes of MessagePack (`rmp-serde`'s default, compact encoding: structs as arrays):
+//! A connection starts with the 4 bytes [`MAGIC`] (`SQL2`) and one hello frame; then
+//! every frame carries one batch. A frame is a big-endian `u32` length and that many
+//! bytes of MessagePack (`rmp-serde`'s compact encoding: structs as arrays):
 //!
-//! - hello: `{ topology_id: String, from_worker: String }`, at most 64 KiB;
+//! - hello: `{ topology_id, epoch, from_worker, to_task }`, at most 64 KiB. `to_task` is
+//!   the first task of the receiving executor;
+//! - the server answers a valid hello with a random 16-byte nonce; the client answers
+//!   with a 32-byte tag, `HMAC-SHA256(secret, nonce ++ hello frame)` when the cluster has a
+//!   secret ([`squall_cluster::secret`]), zeros when not; the server answers one byte
+//!   `1` when it accepts;
 //! - data: one batch as a [`WireBatch`](crate::message::WireBatch) (tuples grouped by
 //!   task, stream and source), at most [`MAX_FRAME_BYTES`].
 //!
-//! Data flows one way; the server never writes. It closes a connection whose magic or
-//! topology id does not match, and one that sends a frame over the limit, a truncated
-//! frame or a payload that does not decode, logging a warning that names the peer and
-//! the problem. Nothing a peer sends can panic the worker.
+//! The server **refuses** (closes, logs naming the peer, counts in
+//! [`TransportStats::connections_refused`]) a hello of another topology or another
+//! epoch (old and new workers of a rebalance never exchange tuples), for an executor
+//! that does not run here, or a wrong or missing tag when it has a secret. It closes as a
+//! **protocol error** a wrong magic, an oversized, truncated or undecodable frame, and a
+//! batch with an envelope the executor cannot take: a task outside the executor, a
+//! stream or source task outside the layout, a tuple for a spout or acker, a control
+//! message for the wrong kind of executor. Nothing a peer sends can panic the worker or
+//! reach an executor unchecked.
 //!
-//! # Backpressure
+//! # Backpressure and liveness
 //!
-//! The server's reader thread hands each batch to the local executor queues with a
-//! blocking send. While a queue is full it stops reading the socket, TCP's window fills,
-//! the remote writer thread blocks in `write`, its bounded queue fills, and the remote
-//! producers block in `Transfer` just as they would on a full local queue. While a peer
-//! is unreachable the writer keeps retrying, so its queue fills and producers wait too.
+//! A reader hands each batch to its executor's queue with a blocking send. While the
+//! queue is full it stops reading, TCP's window fills, the remote writer blocks in
+//! `write`, the lane's bounded queue fills, and the producers block in `Transfer` just as
+//! on a full local queue. While a peer is unreachable the writer keeps retrying.
+//!
+//! No call blocks forever, and a slow peer is not a dead one:
+//!
+//! - the server writes one byte to every accepted connection every 5 s ("alive"); a lane
+//!   that hears nothing from its peer for 30 s (neither such a byte nor progress of its
+//!   writes) drops the connection and reconnects. A lane blocked in `write` on a peer
+//!   that does not read (backpressure: a zero TCP window) keeps hearing those bytes, so
+//!   a consumer may be as slow as it likes;
+//! - a writer blocked in `write` wakes every 100 ms (`SO_SNDTIMEO`) to notice a shutdown,
+//!   a re-pointed lane or the silence above;
+//! - sockets have TCP keepalive; the server's also `TCP_USER_TIMEOUT` (30 s), so its
+//!   "alive" bytes to a vanished client break the connection and free the reader.
+//!   Lanes do not set `TCP_USER_TIMEOUT`: Linux aborts a connection whose window stays
+//!   zero that long even when the peer answers every probe (measured on kernel 6.x),
+//!   which would break the lanes of a slow consumer.
 //!
 //! # Delivery
 //!
-//! At most once. When a connection breaks, the batches that could not be written —
-//! those being written and those still in the write buffer — are dropped and counted in
-//! [`TransportStats::batches_dropped`]; batches the kernel had accepted but the peer never
-//! read are lost without being counted (TCP gives no receipt). Tracked tuples are not
-//! lost for good: their trees time out and the spouts replay them, as in Storm.
+//! At most once. When a connection breaks, the batches that could not be written are
+//! dropped and counted in [`TransportStats::batches_dropped`]; batches the kernel had
+//! accepted but the peer never read are lost without being counted (TCP gives no
+//! receipt). Tracked tuples are not lost for good: their trees time out and the spouts
+//! replay them, as in Storm.
 
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::ops::Add;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 use serde::{Deserialize, Serialize};
+use squall_api::{ComponentKind, TaskId, TaskLayout, ACKER_COMPONENT};
+use squall_cluster::secret::{Secret, TAG_LEN};
 
-use crate::message::{Envelope, Packet};
+use crate::message::{Envelope, Msg, Packet};
+use crate::transfer::LogLimiter;
 
 /// The first 4 bytes of every connection.
-pub const MAGIC: [u8; 4] = *b"SQL1";
+pub const MAGIC: [u8; 4] = *b"SQL2";
 /// The largest data frame (length prefix excluded) a server accepts and a client sends.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// The largest hello frame a server accepts.
 const MAX_HELLO_BYTES: usize = 64 << 10;
+/// Length of the server's challenge.
+const NONCE_LEN: usize = 16;
+/// The server's last handshake byte: accepted.
+const ACCEPTED: u8 = 1;
+/// What the server writes to every connection now and then: alive.
+const PONG: u8 = 0;
 /// Socket buffer size on either side; a client writes when this much is pending.
 const IO_BUFFER: usize = 256 << 10;
-/// How long a server waits for the magic and hello of a new connection.
+/// How long either side waits for the other's part of the handshake.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often blocked threads look at their shutdown flag.
 const POLL: Duration = Duration::from_millis(100);
@@ -80,12 +139,86 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reader threads decode nested values recursively; give them room for rmp-serde's
 /// nesting limit (1024) even in debug builds.
 const READER_STACK: usize = 8 << 20;
+/// At most one warning of a kind per this period; the others are counted.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// How fast silence means death (see the [module docs](self)).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Liveness {
+    /// The server writes a byte to every connection this often.
+    pub ping_every: Duration,
+    /// A lane gives up after this long without a sign of life; also the server sockets'
+    /// `TCP_USER_TIMEOUT`.
+    pub dead_after: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            ping_every: Duration::from_secs(5),
+            dead_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Keepalive and user timeout for a transport socket.
+fn tune_socket(stream: &TcpStream, live: Liveness, user_timeout: bool) {
+    let _ = stream.set_nodelay(true);
+    let sock = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        tracing::debug!("transport: cannot enable TCP keepalive: {e}");
+    }
+    if user_timeout {
+        if let Err(e) = sock.set_tcp_user_timeout(Some(live.dead_after)) {
+            tracing::debug!("transport: cannot set TCP_USER_TIMEOUT: {e}");
+        }
+    }
+}
+
+/// Who a transport endpoint speaks for: stamped into every hello a lane sends and
+/// checked against every hello a server receives.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The topology id.
+    pub topology_id: String,
+    /// The layout epoch ([`Assignment::epoch`](squall_cluster::state::Assignment::epoch)).
+    pub epoch: u64,
+    /// This worker's name, for the peer's logs (e.g. `supervisor:port`).
+    pub worker: String,
+    /// The cluster secret: lanes prove knowledge of it, servers demand it.
+    pub secret: Option<Secret>,
+}
+
+impl Identity {
+    /// An identity without a secret (an open cluster).
+    pub fn new(topology_id: impl Into<String>, epoch: u64, worker: impl Into<String>) -> Self {
+        Identity {
+            topology_id: topology_id.into(),
+            epoch,
+            worker: worker.into(),
+            secret: None,
+        }
+    }
+
+    /// The same identity with the cluster secret `secret`.
+    pub fn with_secret(mut self, secret: Option<Secret>) -> Self {
+        self.secret = secret;
+        self
+    }
+}
 
 /// The payload of the hello frame.
 #[derive(Debug, Serialize, Deserialize)]
 struct Hello {
     topology_id: String,
+    epoch: u64,
     from_worker: String,
+    /// The first task of the receiving executor.
+    to_task: u32,
 }
 
 /// Counters of a transport endpoint; see [`TransportStats`] for their meaning.
@@ -100,7 +233,7 @@ struct Counters {
     batches_dropped: AtomicU64,
     reconnects: AtomicU64,
     protocol_errors: AtomicU64,
-    envelopes_unroutable: AtomicU64,
+    connections_refused: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, n: u64) {
@@ -120,37 +253,38 @@ impl Counters {
             batches_dropped: load(&self.batches_dropped),
             reconnects: load(&self.reconnects),
             protocol_errors: load(&self.protocol_errors),
-            envelopes_unroutable: load(&self.envelopes_unroutable),
+            connections_refused: load(&self.connections_refused),
         }
     }
 }
 
-/// A snapshot of a [`TransportServer`]'s or [`RemoteWorker`]'s counters. Fields that do
-/// not apply to an endpoint stay 0; snapshots add up with `+`.
+/// A snapshot of a [`TransportServer`]'s or [`Lane`]'s counters. Fields that do not
+/// apply to an endpoint stay 0; snapshots add up with `+`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TransportStats {
     /// Data frames (batches) written to a socket.
     pub frames_sent: u64,
     /// Bytes written: data frames with their length prefixes, and each connection's
-    /// magic and hello.
+    /// magic, hello and tag.
     pub bytes_sent: u64,
     /// Envelopes in the frames written.
     pub envelopes_sent: u64,
-    /// Data frames read and decoded.
+    /// Data frames read, decoded and delivered.
     pub frames_received: u64,
     /// Bytes of data frames read, length prefixes included.
     pub bytes_received: u64,
-    /// Envelopes in the frames read.
+    /// Envelopes in the frames delivered.
     pub envelopes_received: u64,
     /// Batches a client dropped: not written because the connection broke, or too large
     /// to encode in one frame.
     pub batches_dropped: u64,
     /// Times a client connected again after losing its connection.
     pub reconnects: u64,
-    /// Connections a server closed for a bad hello or a bad frame.
+    /// Connections a server closed for a malformed hello, frame or envelope.
     pub protocol_errors: u64,
-    /// Received envelopes dropped because no local executor runs their task.
-    pub envelopes_unroutable: u64,
+    /// Server: connections refused (other topology or epoch, no such executor here,
+    /// wrong or missing secret). Client: handshakes the server refused.
+    pub connections_refused: u64,
 }
 
 impl Add for TransportStats {
@@ -167,92 +301,175 @@ impl Add for TransportStats {
             batches_dropped: self.batches_dropped + o.batches_dropped,
             reconnects: self.reconnects + o.reconnects,
             protocol_errors: self.protocol_errors + o.protocol_errors,
-            envelopes_unroutable: self.envelopes_unroutable + o.envelopes_unroutable,
+            connections_refused: self.connections_refused + o.connections_refused,
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // ---------------------------------------------------------------------------------------
 // Receiving
 // ---------------------------------------------------------------------------------------
 
-const NO_DEST: u32 = u32::MAX;
+/// What a local executor takes from the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A bolt: tuples only.
+    Bolt,
+    /// A spout: tree verdicts (`TreeAcked`, `TreeFailed`) only.
+    Spout,
+    /// An acker: `AckInit`, `Ack`, `Fail` only.
+    Acker,
+}
 
-/// Delivers received batches to this worker's executors: splits each batch by receiving
-/// executor and hands every part to that executor's queue with a blocking send, so a full
-/// queue stops the connection's reader (backpressure across the wire).
+impl Role {
+    /// The role of the executor whose first task is `first` in `layout`.
+    pub fn of(layout: &TaskLayout, first: TaskId) -> Role {
+        match layout.task_component(first) {
+            Some(c) if c.as_str() == ACKER_COMPONENT => Role::Acker,
+            Some(c) => match layout.components().get(c).map(|t| t.kind) {
+                Some(ComponentKind::Spout) => Role::Spout,
+                _ => Role::Bolt,
+            },
+            None => Role::Bolt,
+        }
+    }
+
+    /// Whether a lane to an executor of this role is unbounded (it carries only control
+    /// messages; see the [module docs](self)).
+    pub fn unbounded_lane(self) -> bool {
+        self != Role::Bolt
+    }
+}
+
+/// One executor of this worker, as the server delivers to it.
+#[derive(Clone, Debug)]
+pub struct LocalExecutor {
+    /// Its first task (lanes name it in their hello).
+    pub first: TaskId,
+    /// Its last task.
+    pub last: TaskId,
+    /// What it takes.
+    pub role: Role,
+    /// Its receive queue.
+    pub queue: Sender<Packet>,
+}
+
+/// Delivers received batches to this worker's executors, each connection to the one
+/// executor its hello names, after checking every envelope against the layout.
 #[derive(Debug)]
 pub struct LocalRouter {
-    dest_of_task: Vec<u32>,
-    queues: Vec<Sender<Packet>>,
+    executors: Vec<LocalExecutor>,
+    num_streams: u32,
+    max_task: u32,
 }
 
 impl LocalRouter {
-    /// `queues[i]` receives for local executor `i`; `dest_of_task[task]` names that
-    /// executor, `None` for tasks this worker does not run (as for `Transfer`).
-    ///
-    /// # Panics
-    ///
-    /// If `dest_of_task` names an executor that `queues` lacks.
-    pub fn new(queues: &[Sender<Packet>], dest_of_task: &[Option<usize>]) -> Self {
-        let dest_of_task = dest_of_task
-            .iter()
-            .enumerate()
-            .map(|(task, d)| match *d {
-                None => NO_DEST,
-                Some(d) => {
-                    assert!(
-                        d < queues.len(),
-                        "task {task} maps to executor {d} but only {} queues were given",
-                        queues.len()
-                    );
-                    d as u32
-                }
-            })
-            .collect();
+    /// Delivers to `executors`; envelopes are checked against a layout of `num_streams`
+    /// streams and tasks up to `max_task`.
+    pub fn new(executors: Vec<LocalExecutor>, num_streams: usize, max_task: TaskId) -> Self {
         LocalRouter {
-            dest_of_task,
-            queues: queues.to_vec(),
+            executors,
+            num_streams: u32::try_from(num_streams).unwrap_or(u32::MAX),
+            max_task: max_task.0,
         }
     }
 
-    #[inline]
-    fn dest(&self, env: &Envelope) -> u32 {
-        self.dest_of_task
-            .get(env.task.0 as usize)
-            .copied()
-            .unwrap_or(NO_DEST)
+    /// Delivers to the local executors of `runtime`.
+    pub fn for_runtime(runtime: &crate::runtime::TopologyRuntime) -> Self {
+        let layout = runtime.layout();
+        let (queues, dest) = runtime.local_queues();
+        let mut executors: Vec<LocalExecutor> = Vec::new();
+        for (task, d) in dest.iter().enumerate() {
+            let Some(d) = *d else { continue };
+            let task = TaskId(task as u32);
+            match executors
+                .iter_mut()
+                .find(|e| e.queue.same_channel(&queues[d]))
+            {
+                Some(e) => e.last = e.last.max(task),
+                None => executors.push(LocalExecutor {
+                    first: task,
+                    last: task,
+                    role: Role::of(layout, task),
+                    queue: queues[d].clone(),
+                }),
+            }
+        }
+        LocalRouter::new(executors, layout.streams().len(), layout.max_task())
     }
 
-    /// Delivers `batch`; returns how many envelopes had no local task, or `None` when
-    /// `stop` was raised while waiting on a full queue.
-    fn route(&self, batch: Vec<Envelope>, stop: &AtomicBool) -> Option<usize> {
-        let Some(first) = batch.first().map(|e| self.dest(e)) else {
-            return Some(0);
+    fn executor(&self, first: u32) -> Option<&LocalExecutor> {
+        self.executors.iter().find(|e| e.first.0 == first)
+    }
+
+    /// Why `env` cannot go to `exec`, if it cannot.
+    fn check(&self, exec: &LocalExecutor, env: &Envelope) -> Result<(), String> {
+        let task = env.task.0;
+        if task < exec.first.0 || task > exec.last.0 {
+            return Err(format!(
+                "an envelope for task {task} arrived on the lane of executor [{}-{}]",
+                exec.first, exec.last
+            ));
+        }
+        let task_ok = |t: TaskId| t.0 >= 1 && t.0 <= self.max_task;
+        let fits = match (&env.msg, exec.role) {
+            (Msg::Tuple { stream, source, .. }, Role::Bolt) => {
+                if *stream >= self.num_streams {
+                    return Err(format!(
+                        "a tuple for task {task} names stream {stream}; the layout has {}",
+                        self.num_streams
+                    ));
+                }
+                if !task_ok(*source) {
+                    return Err(format!(
+                        "a tuple for task {task} comes from task {source}; tasks are 1..={}",
+                        self.max_task
+                    ));
+                }
+                true
+            }
+            (Msg::AckInit { spout_task, .. }, Role::Acker) => {
+                if !task_ok(*spout_task) {
+                    return Err(format!(
+                        "an ack-init for task {task} names spout task {spout_task}; tasks are 1..={}",
+                        self.max_task
+                    ));
+                }
+                true
+            }
+            (Msg::Ack { .. } | Msg::Fail { .. }, Role::Acker) => true,
+            (Msg::TreeAcked { .. } | Msg::TreeFailed { .. }, Role::Spout) => true,
+            _ => false,
         };
-        // The common case: the whole batch is for one executor; hand it over as it is.
-        if first != NO_DEST && batch.iter().all(|e| self.dest(e) == first) {
-            return deliver(&self.queues[first as usize], batch, stop).then_some(0);
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} for task {task}, which is a {:?} executor",
+                msg_kind(&env.msg),
+                exec.role
+            ))
         }
-        let mut parts: Vec<Vec<Envelope>> = (0..self.queues.len()).map(|_| Vec::new()).collect();
-        let mut unroutable = 0;
-        for env in batch {
-            match self.dest(&env) {
-                NO_DEST => unroutable += 1,
-                d => parts[d as usize].push(env),
-            }
-        }
-        for (queue, part) in self.queues.iter().zip(parts) {
-            if !part.is_empty() && !deliver(queue, part, stop) {
-                return None;
-            }
-        }
-        Some(unroutable)
     }
 }
 
-/// Sends `batch` to `queue`, waiting while it is full. False when `stop` was raised
-/// meanwhile. A queue whose executor has gone counts as delivered (shutting down).
+fn msg_kind(msg: &Msg) -> &'static str {
+    match msg {
+        Msg::Tuple { .. } => "a tuple",
+        Msg::AckInit { .. } => "an ack-init",
+        Msg::Ack { .. } => "an ack",
+        Msg::Fail { .. } => "a fail",
+        Msg::TreeAcked { .. } => "a tree-acked",
+        Msg::TreeFailed { .. } => "a tree-failed",
+    }
+}
+
+/// Sends `batch` to `queue`, waiting while it is full. False when `stop` was raised. A queue whose executor has gone
+/// counts as delivered (shutting down).
 fn deliver(queue: &Sender<Packet>, batch: Vec<Envelope>, stop: &AtomicBool) -> bool {
     let mut packet = match queue.try_send(Packet::Batch(batch)) {
         Ok(()) | Err(TrySendError::Disconnected(_)) => return true,
@@ -270,26 +487,43 @@ fn deliver(queue: &Sender<Packet>, batch: Vec<Envelope>, stop: &AtomicBool) -> b
 /// Why a server closed a connection.
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
-    #[error("it did not start with the magic \"SQL1\" but with \"{}\"", .0.escape_ascii())]
+    #[error("it did not start with the magic \"SQL2\" but with \"{}\"", .0.escape_ascii())]
     BadMagic([u8; 4]),
     #[error("it closed the connection before its hello")]
     NoHello,
     #[error("its hello frame is invalid: {0}")]
     BadHello(String),
-    #[error("worker '{from_worker}' belongs to topology '{got}', not '{expected}'")]
-    WrongTopology {
-        from_worker: String,
-        got: String,
-        expected: String,
-    },
+    #[error("it belongs to topology '{got}', not '{expected}'")]
+    WrongTopology { got: String, expected: String },
+    #[error("it runs epoch {got} of the topology, this worker epoch {expected}")]
+    WrongEpoch { got: u64, expected: u64 },
+    #[error("it sends to the executor starting at task {0}, which does not run here")]
+    NoSuchExecutor(u32),
+    #[error("it did not prove knowledge of the cluster secret (wrong or missing secret)")]
+    BadTag,
     #[error("it announced a frame of {len} bytes, over the {max}-byte limit")]
     TooLarge { len: usize, max: usize },
     #[error("it closed the connection in the middle of a frame")]
     Truncated,
     #[error("a frame of {len} bytes does not decode as a batch: {error}")]
     Undecodable { len: usize, error: String },
+    #[error("its batch is invalid: {0}")]
+    BadEnvelope(String),
     #[error("reading failed: {0}")]
     Io(io::Error),
+}
+
+impl ConnError {
+    /// A well-formed peer this server does not talk to (as opposed to a broken one).
+    fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ConnError::WrongTopology { .. }
+                | ConnError::WrongEpoch { .. }
+                | ConnError::NoSuchExecutor(_)
+                | ConnError::BadTag
+        )
+    }
 }
 
 impl From<io::Error> for ConnError {
@@ -365,36 +599,44 @@ fn decode_batch(frame: &[u8]) -> Result<Vec<Envelope>, ConnError> {
     }
 }
 
-/// Checks the magic and the hello; returns the peer's worker name.
-fn handshake(rd: &mut impl Read, topology_id: &str) -> Result<String, ConnError> {
-    let mut magic = [0u8; 4];
-    if read_full(rd, &mut magic)? == 0 {
-        return Err(ConnError::NoHello);
+/// A fresh unpredictable nonce. `RandomState` keys SipHash with random bytes from the
+/// operating system; hashing a counter and the time under such keys gives bytes nobody
+/// can predict without the keys.
+fn nonce() -> [u8; NONCE_LEN] {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut out = [0u8; NONCE_LEN];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(n);
+        h.write_u64(t);
+        h.write_usize(i);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
     }
-    if magic != MAGIC {
-        return Err(ConnError::BadMagic(magic));
-    }
-    let mut frame = Vec::new();
-    if !read_frame(rd, &mut frame, MAX_HELLO_BYTES)? {
-        return Err(ConnError::NoHello);
-    }
-    let hello: Hello =
-        rmp_serde::from_slice(&frame).map_err(|e| ConnError::BadHello(e.to_string()))?;
-    if hello.topology_id != topology_id {
-        return Err(ConnError::WrongTopology {
-            from_worker: hello.from_worker,
-            got: hello.topology_id,
-            expected: topology_id.to_owned(),
-        });
-    }
-    Ok(hello.from_worker)
+    out
 }
 
 struct ServerShared {
-    topology_id: String,
+    identity: Identity,
     router: LocalRouter,
     stop: AtomicBool,
     counters: Counters,
+    liveness: Liveness,
+    /// Rate limits for the warnings about refused and broken connections.
+    refused_log: Mutex<LogLimiter>,
+    broken_log: Mutex<LogLimiter>,
+    /// Connections past their handshake, by id, for the pinger.
+    accepted: Mutex<BTreeMap<u64, TcpStream>>,
+    next_id: AtomicU64,
+}
+
+/// A connection that passed the handshake.
+struct Accepted<'a> {
+    from_worker: String,
+    exec: &'a LocalExecutor,
 }
 
 impl ServerShared {
@@ -402,20 +644,107 @@ impl ServerShared {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// Magic, hello, challenge. Returns the peer's name and the executor it sends to.
+    fn handshake(
+        &self,
+        rd: &mut impl Read,
+        mut wr: &TcpStream,
+        from_worker: &mut String,
+    ) -> Result<Accepted<'_>, ConnError> {
+        let mut magic = [0u8; 4];
+        if read_full(rd, &mut magic)? == 0 {
+            return Err(ConnError::NoHello);
+        }
+        if magic != MAGIC {
+            return Err(ConnError::BadMagic(magic));
+        }
+        let mut frame = Vec::new();
+        if !read_frame(rd, &mut frame, MAX_HELLO_BYTES)? {
+            return Err(ConnError::NoHello);
+        }
+        let hello: Hello =
+            rmp_serde::from_slice(&frame).map_err(|e| ConnError::BadHello(e.to_string()))?;
+        from_worker.clone_from(&hello.from_worker);
+        let me = &self.identity;
+        if hello.topology_id != me.topology_id {
+            return Err(ConnError::WrongTopology {
+                got: hello.topology_id,
+                expected: me.topology_id.clone(),
+            });
+        }
+        if hello.epoch != me.epoch {
+            return Err(ConnError::WrongEpoch {
+                got: hello.epoch,
+                expected: me.epoch,
+            });
+        }
+        let exec = self
+            .router
+            .executor(hello.to_task)
+            .ok_or(ConnError::NoSuchExecutor(hello.to_task))?;
+        let nonce = nonce();
+        wr.write_all(&nonce)?;
+        let mut tag = [0u8; TAG_LEN];
+        if read_full(rd, &mut tag)? < TAG_LEN {
+            return Err(match &me.secret {
+                Some(_) => ConnError::BadTag,
+                None => ConnError::Truncated,
+            });
+        }
+        if let Some(secret) = &me.secret {
+            let mut signed = nonce.to_vec();
+            signed.extend_from_slice(&frame);
+            if !secret.verify(&signed, &tag) {
+                return Err(ConnError::BadTag);
+            }
+        }
+        wr.write_all(&[ACCEPTED])?;
+        Ok(Accepted {
+            from_worker: hello.from_worker,
+            exec,
+        })
+    }
+
     /// Serves one connection until it ends, is rejected or the server stops.
     fn serve(&self, stream: &TcpStream, peer: SocketAddr) {
-        let mut rd = BufReader::with_capacity(IO_BUFFER, stream);
+        tune_socket(stream, self.liveness, true);
         let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
-        let from_worker = match handshake(&mut rd, &self.topology_id) {
-            Ok(w) => w,
-            Err(e) => return self.reject(peer, "", e),
+        let _ = stream.set_write_timeout(Some(HELLO_TIMEOUT));
+        let mut rd = BufReader::with_capacity(IO_BUFFER, stream);
+        let mut from_worker = String::new();
+        let Accepted { from_worker, exec } = match self.handshake(&mut rd, stream, &mut from_worker)
+        {
+            Ok(a) => a,
+            Err(e) => return self.reject(peer, &from_worker, e),
         };
         let _ = stream.set_read_timeout(None);
-        tracing::info!(%peer, from_worker, "transport: accepted a connection");
+        let _ = stream.set_write_timeout(Some(POLL));
+        tracing::info!(
+            %peer,
+            from_worker,
+            "transport: accepted a lane to executor [{}-{}]",
+            exec.first,
+            exec.last
+        );
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(clone) = stream.try_clone() {
+            lock(&self.accepted).insert(id, clone);
+        }
+        self.read_batches(&mut rd, peer, &from_worker, exec);
+        lock(&self.accepted).remove(&id);
+    }
+
+    /// Reads, checks and delivers batches until the connection ends.
+    fn read_batches(
+        &self,
+        rd: &mut impl Read,
+        peer: SocketAddr,
+        from_worker: &str,
+        exec: &LocalExecutor,
+    ) {
         let mut frame = Vec::new();
-        let mut warned_unroutable = false;
         loop {
-            match read_frame(&mut rd, &mut frame, MAX_FRAME_BYTES) {
+            match read_frame(rd, &mut frame, MAX_FRAME_BYTES) {
                 Ok(true) => {}
                 Ok(false) => {
                     if !self.stopping() {
@@ -423,31 +752,24 @@ impl ServerShared {
                     }
                     return;
                 }
-                Err(e) => return self.reject(peer, &from_worker, e),
+                Err(e) => return self.reject(peer, from_worker, e),
             }
             let batch = match decode_batch(&frame) {
                 Ok(b) => b,
-                Err(e) => return self.reject(peer, &from_worker, e),
+                Err(e) => return self.reject(peer, from_worker, e),
             };
+            if let Some(e) = batch
+                .iter()
+                .find_map(|env| self.router.check(exec, env).err())
+            {
+                return self.reject(peer, from_worker, ConnError::BadEnvelope(e));
+            }
             let c = &self.counters;
             bump(&c.frames_received, 1);
             bump(&c.bytes_received, frame.len() as u64 + 4);
             bump(&c.envelopes_received, batch.len() as u64);
-            match self.router.route(batch, &self.stop) {
-                None => return,
-                Some(0) => {}
-                Some(n) => {
-                    bump(&c.envelopes_unroutable, n as u64);
-                    if !warned_unroutable {
-                        warned_unroutable = true;
-                        tracing::warn!(
-                            %peer,
-                            from_worker,
-                            "transport: dropped {n} envelopes for tasks this worker does not run; \
-                             further ones from this connection are only counted"
-                        );
-                    }
-                }
+            if !deliver(&exec.queue, batch, &self.stop) {
+                return;
             }
         }
     }
@@ -456,8 +778,28 @@ impl ServerShared {
         if self.stopping() {
             return;
         }
-        bump(&self.counters.protocol_errors, 1);
-        tracing::warn!(%peer, from_worker, "transport: closing the connection from {peer}: {e}");
+        let (counter, limiter, what) = if e.is_refusal() {
+            (
+                &self.counters.connections_refused,
+                &self.refused_log,
+                "refused",
+            )
+        } else {
+            (&self.counters.protocol_errors, &self.broken_log, "closed")
+        };
+        bump(counter, 1);
+        if let Some(suppressed) = lock(limiter).allow() {
+            let from = if from_worker.is_empty() {
+                String::new()
+            } else {
+                format!(" (worker {from_worker})")
+            };
+            tracing::warn!(
+                %peer,
+                "transport: {what} the connection from {peer}{from}: {e}{}",
+                LogLimiter::suffix(suppressed)
+            );
+        }
     }
 }
 
@@ -466,28 +808,49 @@ struct Connection {
     thread: JoinHandle<()>,
 }
 
-/// Receives batches from other workers and hands them to this worker's executors: one
-/// accept thread plus one reader thread per connection. Stops when shut down or dropped.
+/// Receives batches from other workers' lanes and hands them to this worker's executors:
+/// one accept thread plus one reader thread per connection. Stops when shut down or
+/// dropped.
 pub struct TransportServer {
     addr: SocketAddr,
     shared: Arc<ServerShared>,
     accept: Option<JoinHandle<()>>,
+    pinger: Option<JoinHandle<()>>,
 }
 
 impl TransportServer {
-    /// Serves `listener` for topology `topology_id`, delivering through `router`.
+    /// Serves `listener` for the topology and epoch of `identity` (and demands its secret,
+    /// if any), delivering through `router`.
     pub fn start(
         listener: TcpListener,
-        topology_id: impl Into<String>,
+        identity: Identity,
         router: LocalRouter,
+    ) -> io::Result<Self> {
+        Self::start_with(listener, identity, router, Liveness::default())
+    }
+
+    pub(crate) fn start_with(
+        listener: TcpListener,
+        identity: Identity,
+        router: LocalRouter,
+        liveness: Liveness,
     ) -> io::Result<Self> {
         let addr = listener.local_addr()?;
         let shared = Arc::new(ServerShared {
-            topology_id: topology_id.into(),
+            identity,
             router,
             stop: AtomicBool::new(false),
             counters: Counters::default(),
+            liveness,
+            refused_log: Mutex::new(LogLimiter::new(LOG_EVERY)),
+            broken_log: Mutex::new(LogLimiter::new(LOG_EVERY)),
+            accepted: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(0),
         });
+        let s = shared.clone();
+        let pinger = std::thread::Builder::new()
+            .name(format!("squall-transport-ping-{}", addr.port()))
+            .spawn(move || ping_loop(&s))?;
         let s = shared.clone();
         let accept = std::thread::Builder::new()
             .name(format!("squall-transport-accept-{}", addr.port()))
@@ -496,6 +859,7 @@ impl TransportServer {
             addr,
             shared,
             accept: Some(accept),
+            pinger: Some(pinger),
         })
     }
 
@@ -516,6 +880,9 @@ impl TransportServer {
             return;
         };
         self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(p) = self.pinger.take() {
+            let _ = p.join();
+        }
         // Wake the blocked `accept` by connecting to ourselves.
         let mut wake = self.addr;
         if wake.ip().is_unspecified() {
@@ -542,6 +909,23 @@ impl Drop for TransportServer {
     }
 }
 
+/// Writes a byte to every accepted connection every [`Liveness::ping_every`], so that
+/// lanes can tell a peer that does not read from a dead one.
+fn ping_loop(shared: &ServerShared) {
+    let mut last = Instant::now();
+    while !shared.stopping() {
+        std::thread::sleep(POLL.min(shared.liveness.ping_every));
+        if last.elapsed() < shared.liveness.ping_every {
+            continue;
+        }
+        last = Instant::now();
+        for mut s in lock(&shared.accepted).values() {
+            // The socket's write timeout is short; a failure shows in the reader.
+            let _ = s.write(&[PONG]);
+        }
+    }
+}
+
 fn accept_loop(listener: TcpListener, shared: Arc<ServerShared>) {
     let mut conns: Vec<Connection> = Vec::new();
     loop {
@@ -558,7 +942,6 @@ fn accept_loop(listener: TcpListener, shared: Arc<ServerShared>) {
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let Ok(clone) = stream.try_clone() else {
             continue;
         };
@@ -597,73 +980,122 @@ fn accept_loop(listener: TcpListener, shared: Arc<ServerShared>) {
 // Sending
 // ---------------------------------------------------------------------------------------
 
-/// The sending side of the connection to one remote worker: a writer thread draining the
-/// queue returned by [`connect_remote`]. Stops when every sender is dropped (after
-/// writing what was queued), when shut down, or when dropped.
-pub struct RemoteWorker {
+/// Where a lane connects, and its current connection.
+struct Link {
     addr: SocketAddr,
+    /// A clone of the current connection, for `shutdown` and `set_addr` to break it.
+    live: Option<TcpStream>,
+}
+
+/// The sending side of the connection to one remote executor: a writer thread draining
+/// the queue returned by [`connect_lane`]. Stops when every sender is dropped (after
+/// writing what was queued), when shut down, or when dropped.
+pub struct Lane {
+    to_task: TaskId,
     stop: Arc<AtomicBool>,
-    live: Arc<Mutex<Option<TcpStream>>>,
+    link: Arc<Mutex<Link>>,
     counters: Arc<Counters>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// Starts the writer thread for the worker listening at `addr` and returns its queue,
-/// bounded to `capacity` batches (at least 1). Only [`Packet::Batch`]es travel; other
-/// packets are ignored. The thread connects in the background, retrying every
-/// 50 ms .. 1 s until the peer is up, and reconnects the same way when the connection
-/// breaks (see the [module docs](self) for what is lost then).
-pub fn connect_remote(
+/// Starts the lane to the executor whose first task is `to_task`, at the worker
+/// listening on `addr`, and returns its queue: bounded to `capacity` batches (at least
+/// 1), or unbounded when `None` (lanes to spouts and ackers; see the
+/// [module docs](self)). Only [`Packet::Batch`]es travel; other packets are ignored. The
+/// thread connects in the background, retrying every 50 ms .. 1 s until the peer is up
+/// and accepts, and reconnects the same way when the connection breaks.
+pub fn connect_lane(
     addr: SocketAddr,
-    topology_id: impl Into<String>,
-    from_worker: impl Into<String>,
-    capacity: usize,
-) -> io::Result<(Sender<Packet>, RemoteWorker)> {
-    let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-    let hello = Hello {
-        topology_id: topology_id.into(),
-        from_worker: from_worker.into(),
+    identity: &Identity,
+    to_task: TaskId,
+    capacity: Option<usize>,
+) -> io::Result<(Sender<Packet>, Lane)> {
+    connect_lane_with(addr, identity, to_task, capacity, Liveness::default())
+}
+
+pub(crate) fn connect_lane_with(
+    addr: SocketAddr,
+    identity: &Identity,
+    to_task: TaskId,
+    capacity: Option<usize>,
+    liveness: Liveness,
+) -> io::Result<(Sender<Packet>, Lane)> {
+    let (tx, rx) = match capacity {
+        Some(c) => crossbeam_channel::bounded(c.max(1)),
+        None => crossbeam_channel::unbounded(),
     };
-    let mut preamble = MAGIC.to_vec();
-    let body = rmp_serde::to_vec(&hello).map_err(io::Error::other)?;
-    preamble.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    preamble.extend_from_slice(&body);
+    let hello = Hello {
+        topology_id: identity.topology_id.clone(),
+        epoch: identity.epoch,
+        from_worker: identity.worker.clone(),
+        to_task: to_task.0,
+    };
+    let hello = rmp_serde::to_vec(&hello).map_err(io::Error::other)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let live = Arc::new(Mutex::new(None));
+    let link = Arc::new(Mutex::new(Link { addr, live: None }));
     let counters = Arc::new(Counters::default());
     let writer = Writer {
-        addr,
-        preamble,
+        to_task,
+        hello,
+        secret: identity.secret.clone(),
         rx,
         stop: stop.clone(),
-        live: live.clone(),
+        link: link.clone(),
         counters: counters.clone(),
+        liveness,
         out: Vec::with_capacity(IO_BUFFER),
         pending_frames: 0,
         pending_envelopes: 0,
+        last_heard: Instant::now(),
+        last_drain: Instant::now(),
+        refused_log: LogLimiter::new(LOG_EVERY),
     };
     let thread = std::thread::Builder::new()
-        .name(format!("squall-transport-tx-{addr}"))
+        .name(format!("squall-transport-tx-{to_task}@{addr}"))
         .spawn(move || writer.run())?;
     Ok((
         tx,
-        RemoteWorker {
-            addr,
+        Lane {
+            to_task,
             stop,
-            live,
+            link,
             counters,
             thread: Some(thread),
         },
     ))
 }
 
-impl RemoteWorker {
-    /// The remote worker's address.
+impl Lane {
+    /// The address the lane connects to.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        lock(&self.link).addr
     }
 
-    /// A snapshot of this connection's counters.
+    /// The first task of the executor the lane leads to.
+    pub fn to_task(&self) -> TaskId {
+        self.to_task
+    }
+
+    /// Re-points the lane to `addr` (its executor moved to another worker): the current
+    /// connection is closed and the lane connects to `addr`. Batches queued meanwhile wait;
+    /// those in the broken connection's buffers are lost (and replayed by the spouts).
+    pub fn set_addr(&self, addr: SocketAddr) {
+        let mut link = lock(&self.link);
+        if link.addr == addr {
+            return;
+        }
+        tracing::info!(
+            "transport: the executor at task {} moved from {} to {addr}",
+            self.to_task,
+            link.addr
+        );
+        link.addr = addr;
+        if let Some(s) = link.live.take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// A snapshot of this lane's counters.
     pub fn stats(&self) -> TransportStats {
         self.counters.snapshot()
     }
@@ -676,14 +1108,14 @@ impl RemoteWorker {
         };
         self.stop.store(true, Ordering::SeqCst);
         // Unblock a write stuck on a peer that does not read.
-        if let Some(s) = &*self.live.lock().unwrap_or_else(PoisonError::into_inner) {
+        if let Some(s) = &lock(&self.link).live {
             let _ = s.shutdown(Shutdown::Both);
         }
         let _ = thread.join();
     }
 }
 
-impl Drop for RemoteWorker {
+impl Drop for Lane {
     fn drop(&mut self) {
         self.shutdown();
     }
@@ -697,24 +1129,43 @@ enum Broken {
     Io(io::Error),
 }
 
+/// Why a connection attempt failed.
+enum ConnectError {
+    /// Not reachable: connect or I/O failed.
+    Io(io::Error),
+    /// The server closed during the handshake: it refused us.
+    Refused,
+}
+
 struct Writer {
-    addr: SocketAddr,
-    /// Magic and hello frame.
-    preamble: Vec<u8>,
+    to_task: TaskId,
+    /// The hello frame's payload.
+    hello: Vec<u8>,
+    secret: Option<Secret>,
     rx: Receiver<Packet>,
     stop: Arc<AtomicBool>,
-    /// A clone of the current connection, for `shutdown` to unblock a write.
-    live: Arc<Mutex<Option<TcpStream>>>,
+    link: Arc<Mutex<Link>>,
     counters: Arc<Counters>,
+    liveness: Liveness,
     /// Encoded frames not yet written: the write buffer.
     out: Vec<u8>,
     pending_frames: u64,
     pending_envelopes: u64,
+    /// When the peer last showed it is alive (handshake, a byte from it, a write that
+    /// progressed).
+    last_heard: Instant,
+    /// When the pongs were last read.
+    last_drain: Instant,
+    refused_log: LogLimiter,
 }
 
 impl Writer {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        lock(&self.link).addr
     }
 
     fn run(mut self) {
@@ -724,11 +1175,13 @@ impl Writer {
                 bump(&self.counters.reconnects, 1);
             }
             connected_before = true;
-            self.out.clear();
-            self.out.extend_from_slice(&self.preamble);
             let broken = self.pump(&mut stream);
             let _ = stream.shutdown(Shutdown::Both);
-            *self.live.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            let addr = {
+                let mut link = lock(&self.link);
+                link.live = None;
+                link.addr
+            };
             match broken {
                 Broken::Exit => break,
                 Broken::Io(_) if self.stopping() => break,
@@ -736,11 +1189,19 @@ impl Writer {
                     let lost = self.pending_frames;
                     bump(&self.counters.batches_dropped, lost);
                     self.clear_pending();
-                    tracing::warn!(
-                        peer = %self.addr,
-                        "transport: connection to {} broke ({e}); reconnecting, {lost} batches dropped",
-                        self.addr
-                    );
+                    let peer = stream.peer_addr().ok();
+                    if peer.is_some_and(|p| p != addr) {
+                        tracing::info!(
+                            "transport: lane to task {} re-pointed to {addr}; {lost} batches dropped",
+                            self.to_task
+                        );
+                    } else {
+                        tracing::warn!(
+                            %addr,
+                            "transport: lane to task {} at {addr} broke ({e}); reconnecting, {lost} batches dropped",
+                            self.to_task
+                        );
+                    }
                 }
             }
         }
@@ -754,53 +1215,115 @@ impl Writer {
         bump(&self.counters.batches_dropped, left);
     }
 
-    /// Connects and publishes the connection in `live`; `None` when stopping.
-    fn connect(&self, reconnect: bool) -> Option<TcpStream> {
+    /// Connects and shakes hands; publishes the connection in the link. `None` when
+    /// stopping.
+    fn connect(&mut self, reconnect: bool) -> Option<TcpStream> {
         let mut backoff = BACKOFF_MIN;
         let mut failures = 0u32;
         loop {
             if self.stopping() {
                 return None;
             }
-            match TcpStream::connect_timeout(&self.addr, CONNECT_TIMEOUT) {
+            let addr = self.addr();
+            match self.try_connect(addr) {
                 Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    if let Ok(clone) = stream.try_clone() {
-                        *self.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(clone);
+                    {
+                        let mut link = lock(&self.link);
+                        if link.addr != addr {
+                            // Re-pointed meanwhile: start over at the new address.
+                            continue;
+                        }
+                        link.live = stream.try_clone().ok();
                     }
-                    // `shutdown` may have looked at `live` before we filled it.
+                    // `shutdown` may have looked at the link before we filled it.
                     if self.stopping() {
                         return None;
                     }
                     if reconnect || failures > 0 {
-                        tracing::info!(peer = %self.addr, "transport: connected to {}", self.addr);
+                        tracing::info!(%addr, "transport: lane to task {} connected to {addr}", self.to_task);
                     }
                     return Some(stream);
                 }
-                Err(e) => {
+                Err(ConnectError::Refused) => {
+                    bump(&self.counters.connections_refused, 1);
+                    if let Some(suppressed) = self.refused_log.allow() {
+                        tracing::warn!(
+                            %addr,
+                            "transport: the worker at {addr} refused the lane to task {}: it runs another topology or epoch, not that executor, or another cluster secret (see its log); retrying{}",
+                            self.to_task,
+                            LogLimiter::suffix(suppressed)
+                        );
+                    }
+                }
+                Err(ConnectError::Io(e)) => {
                     if failures == 0 {
                         tracing::warn!(
-                            peer = %self.addr,
-                            "transport: worker at {} is not reachable ({e}); retrying every {} ms to {} s",
-                            self.addr,
+                            %addr,
+                            "transport: worker at {addr} is not reachable ({e}); retrying every {} ms to {} s",
                             BACKOFF_MIN.as_millis(),
                             BACKOFF_MAX.as_secs()
                         );
                     } else {
-                        tracing::debug!(peer = %self.addr, "transport: connecting failed again: {e}");
+                        tracing::debug!(%addr, "transport: connecting failed again: {e}");
                     }
-                    failures += 1;
                 }
             }
-            // Sleep in slices so that a shutdown is noticed quickly.
+            failures += 1;
+            // Sleep in slices so that a shutdown or a new address is noticed quickly.
             let mut slept = Duration::ZERO;
-            while slept < backoff && !self.stopping() {
+            while slept < backoff && !self.stopping() && self.addr() == addr {
                 let step = BACKOFF_MIN.min(backoff - slept);
                 std::thread::sleep(step);
                 slept += step;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+
+    fn try_connect(&mut self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+        let mut stream =
+            TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(ConnectError::Io)?;
+        tune_socket(&stream, self.liveness, false);
+        let io = ConnectError::Io;
+        stream.set_read_timeout(Some(HELLO_TIMEOUT)).map_err(io)?;
+        stream.set_write_timeout(Some(HELLO_TIMEOUT)).map_err(io)?;
+        let mut preamble = MAGIC.to_vec();
+        preamble.extend_from_slice(&(self.hello.len() as u32).to_be_bytes());
+        preamble.extend_from_slice(&self.hello);
+        stream.write_all(&preamble).map_err(io)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        match read_full(&mut stream, &mut nonce) {
+            Ok(NONCE_LEN) => {}
+            Ok(_) => return Err(ConnectError::Refused),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                return Err(ConnectError::Refused)
+            }
+            Err(e) => return Err(io(e)),
+        }
+        let tag = match &self.secret {
+            Some(s) => {
+                let mut signed = nonce.to_vec();
+                signed.extend_from_slice(&self.hello);
+                s.sign(&signed)
+            }
+            None => [0u8; TAG_LEN],
+        };
+        stream.write_all(&tag).map_err(io)?;
+        let mut answer = [0u8; 1];
+        match read_full(&mut stream, &mut answer) {
+            Ok(1) if answer[0] == ACCEPTED => {}
+            Ok(_) => return Err(ConnectError::Refused),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                return Err(ConnectError::Refused)
+            }
+            Err(e) => return Err(io(e)),
+        }
+        stream.set_read_timeout(None).map_err(io)?;
+        // Writes wake up every POLL to look at the shutdown flag and the peer.
+        stream.set_write_timeout(Some(POLL)).map_err(io)?;
+        bump(&self.counters.bytes_sent, (preamble.len() + TAG_LEN) as u64);
+        self.last_heard = Instant::now();
+        Ok(stream)
     }
 
     /// Writes queued batches to `stream` until it breaks or the writer should exit.
@@ -827,7 +1350,7 @@ impl Writer {
                             if self.stopping() {
                                 return Broken::Exit;
                             }
-                            if let Err(e) = peer_alive(stream) {
+                            if let Err(e) = self.drain_pongs(stream) {
                                 return Broken::Io(e);
                             }
                             continue;
@@ -875,23 +1398,81 @@ impl Writer {
         self.out.truncate(start);
         bump(&self.counters.batches_dropped, 1);
         tracing::error!(
-            peer = %self.addr,
-            "transport: dropping a batch of {} envelopes that {problem}",
-            batch.len()
+            "transport: dropping a batch of {} envelopes for task {} that {problem}",
+            batch.len(),
+            self.to_task
         );
     }
 
-    /// Writes the buffer out.
+    /// Writes the buffer out. Blocked, it wakes every [`POLL`]: it stops when shutting
+    /// down or re-pointed, and gives up when the peer shows no sign of life for
+    /// [`Liveness::dead_after`].
     fn flush(&mut self, stream: &mut TcpStream) -> io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
         }
-        stream.write_all(&self.out)?;
+        let mut written = 0;
+        while written < self.out.len() {
+            match stream.write(&self.out[written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    written += n;
+                    self.last_heard = Instant::now();
+                }
+                // SO_SNDTIMEO: nothing could be written for a while.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.stopping() {
+                        return Err(io::Error::other("shutting down"));
+                    }
+                    if lock(&self.link).live.is_none() {
+                        return Err(io::Error::other("re-pointed"));
+                    }
+                    self.drain_pongs(stream)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         let c = &self.counters;
         bump(&c.frames_sent, self.pending_frames);
         bump(&c.envelopes_sent, self.pending_envelopes);
         bump(&c.bytes_sent, self.out.len() as u64);
         self.clear_pending();
+        if self.last_drain.elapsed() >= Duration::from_secs(1) {
+            self.drain_pongs(stream)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what the server wrote since (its "alive" bytes), without blocking; an error
+    /// when it closed the connection or was silent for [`Liveness::dead_after`].
+    fn drain_pongs(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        self.last_drain = Instant::now();
+        stream.set_nonblocking(true)?;
+        let mut buf = [0u8; 64];
+        let r = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => {
+                    break Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the peer closed the connection",
+                    ))
+                }
+                Ok(_) => self.last_heard = Instant::now(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        r?;
+        let silent = self.last_heard.elapsed();
+        if silent >= self.liveness.dead_after {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer showed no sign of life for {} s", silent.as_secs()),
+            ));
+        }
         Ok(())
     }
 
@@ -904,28 +1485,9 @@ impl Writer {
         self.pending_envelopes = 0;
     }
 }
-
-/// Checks, without blocking, that the peer has not closed an idle connection (the server
-/// never writes, so anything readable means end of stream or an error).
-fn peer_alive(stream: &TcpStream) -> io::Result<()> {
-    stream.set_nonblocking(true)?;
-    let r = stream.peek(&mut [0u8; 1]);
-    stream.set_nonblocking(false)?;
-    match r {
-        Ok(0) => Err(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            "the peer closed the connection",
-        )),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::time::Instant;
 
     use squall_api::{values, Anchors, TaskId, Value};
 
@@ -934,65 +1496,101 @@ mod tests {
     use crate::transfer::Transfer;
 
     const TOPO: &str = "topo-1";
+    const EPOCH: u64 = 3;
     const WAIT: Duration = Duration::from_secs(10);
+    /// Streams and tasks of the layout the test servers check against.
+    const STREAMS: usize = 4;
+    const MAX_TASK: u32 = 9;
 
-    fn start_server(
+    fn ident(worker: &str) -> Identity {
+        Identity::new(TOPO, EPOCH, worker)
+    }
+
+    fn exec(first: u32, last: u32, role: Role, queue: &Sender<Packet>) -> LocalExecutor {
+        LocalExecutor {
+            first: TaskId(first),
+            last: TaskId(last),
+            role,
+            queue: queue.clone(),
+        }
+    }
+
+    fn start_server(listener: TcpListener, executors: Vec<LocalExecutor>) -> TransportServer {
+        start_server_as(listener, executors, ident("server"), Liveness::default())
+    }
+
+    fn start_server_as(
         listener: TcpListener,
-        queues: &[Sender<Packet>],
-        dest: &[Option<usize>],
+        executors: Vec<LocalExecutor>,
+        identity: Identity,
+        liveness: Liveness,
     ) -> TransportServer {
         // Logs show up with a failing test's output.
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-        TransportServer::start(listener, TOPO, LocalRouter::new(queues, dest)).unwrap()
+        let router = LocalRouter::new(executors, STREAMS, TaskId(MAX_TASK));
+        TransportServer::start_with(listener, identity, router, liveness).unwrap()
+    }
+
+    fn lane(addr: SocketAddr, to: u32, capacity: usize) -> (Sender<Packet>, Lane) {
+        connect_lane(addr, &ident("w1"), TaskId(to), Some(capacity)).unwrap()
     }
 
     fn local() -> TcpListener {
         TcpListener::bind("127.0.0.1:0").unwrap()
     }
 
-    /// The n-th message of `sender` to `task`, cycling through every kind of message.
+    /// The n-th tuple of `sender` to `task`, cycling through kinds of values.
     /// The sender and sequence number can be read back with [`origin`].
-    fn message(sender: u32, seq: u32, task: u32) -> Envelope {
+    fn tuple(sender: u32, seq: u32, task: u32) -> Envelope {
         let root = (u64::from(sender) << 32) | u64::from(seq);
-        let msg = match seq % 6 {
-            0 => {
-                let mut map = BTreeMap::new();
-                map.insert("k".to_owned(), Value::from(-1.25));
-                map.insert("nested".to_owned(), Value::List(vec![Value::Null]));
-                let mut anchors = Anchors::single(root, u64::MAX);
-                anchors.xor_edge(7, 0x0123_4567_89ab_cdef);
-                Msg::Tuple {
-                    stream: 3,
-                    source: TaskId(sender),
-                    values: values![
-                        i64::from(seq),
-                        Value::Null,
-                        true,
-                        i64::MIN,
-                        2.5,
-                        "word",
-                        "a string longer than twenty-four bytes, stored on the heap",
-                        vec![0u8, 255, 7],
-                        Value::List(vec![1.into(), "x".into(), Value::List(vec![])]),
-                        Value::Map(map),
-                    ],
-                    anchors,
-                }
+        let msg = if seq % 2 == 0 {
+            let mut map = BTreeMap::new();
+            map.insert("k".to_owned(), Value::from(-1.25));
+            map.insert("nested".to_owned(), Value::List(vec![Value::Null]));
+            let mut anchors = Anchors::single(root, u64::MAX);
+            anchors.xor_edge(7, 0x0123_4567_89ab_cdef);
+            Msg::Tuple {
+                stream: 3,
+                source: TaskId(sender),
+                values: values![
+                    i64::from(seq),
+                    Value::Null,
+                    true,
+                    i64::MIN,
+                    2.5,
+                    "word",
+                    "a string longer than twenty-four bytes, stored on the heap",
+                    vec![0u8, 255, 7],
+                    Value::List(vec![1.into(), "x".into(), Value::List(vec![])]),
+                    Value::Map(map),
+                ],
+                anchors,
             }
-            1 => Msg::Tuple {
+        } else {
+            Msg::Tuple {
                 stream: 0,
                 source: TaskId(sender),
                 values: values![i64::from(seq)],
                 anchors: Anchors::none(),
-            },
-            2 => Msg::AckInit {
+            }
+        };
+        Envelope {
+            task: TaskId(task),
+            msg,
+        }
+    }
+
+    /// The n-th control message of `sender` for an acker task.
+    fn to_acker(sender: u32, seq: u32, task: u32) -> Envelope {
+        let root = (u64::from(sender) << 32) | u64::from(seq);
+        let msg = match seq % 3 {
+            0 => Msg::AckInit {
                 root,
                 val: u64::MAX - 1,
                 spout_task: TaskId(9),
             },
-            3 => Msg::Ack { root, val: 42 },
-            4 => Msg::Fail { root },
-            _ => Msg::TreeAcked { root },
+            1 => Msg::Ack { root, val: 42 },
+            _ => Msg::Fail { root },
         };
         Envelope {
             task: TaskId(task),
@@ -1037,64 +1635,74 @@ mod tests {
     }
 
     #[test]
-    fn batches_arrive_intact_in_order_at_the_right_executor() {
-        // Tasks 1 and 2 run on executor 0, tasks 3 and 4 on executor 1; task 5 elsewhere.
+    fn batches_arrive_intact_in_order_at_their_executor() {
+        // A bolt executor with tasks 1-2, another with 3-4, an acker with task 5.
         let (q0, r0) = crossbeam_channel::bounded(4);
         let (q1, r1) = crossbeam_channel::bounded(4);
-        let dest = [None, Some(0), Some(0), Some(1), Some(1)];
-        let server = start_server(local(), &[q0, q1], &dest);
+        let (qa, ra) = crossbeam_channel::bounded(4);
+        let server = start_server(
+            local(),
+            vec![
+                exec(1, 2, Role::Bolt, &q0),
+                exec(3, 4, Role::Bolt, &q1),
+                exec(5, 5, Role::Acker, &qa),
+            ],
+        );
         let addr = server.local_addr();
 
         const BATCHES: u32 = 40;
         const PER_BATCH: u32 = 25;
-        let mut expected = Vec::new();
-        let mut clients = Vec::new();
+        let mut lanes = Vec::new();
         let mut senders = Vec::new();
+        let mut expected: BTreeMap<u32, Vec<Envelope>> = BTreeMap::new();
         for sender in [1u32, 2] {
-            let (tx, client) = connect_remote(addr, TOPO, format!("w{sender}"), 8).unwrap();
-            let batches: Vec<Vec<Envelope>> = (0..BATCHES)
-                .map(|b| {
-                    (0..PER_BATCH)
-                        .map(|i| {
-                            let seq = b * PER_BATCH + i;
-                            // Mostly mixed batches; every fourth is for executor 1 only.
-                            let task = if b % 4 == 3 { 3 + seq % 2 } else { 1 + seq % 5 };
-                            message(sender, seq, task)
-                        })
-                        .collect()
-                })
-                .collect();
-            expected.extend(batches.iter().flatten().cloned());
-            senders.push(std::thread::spawn(move || {
-                for (i, batch) in batches.into_iter().enumerate() {
-                    tx.send(Packet::Batch(batch)).unwrap();
-                    if i == 3 {
-                        // Control packets are not for the wire; empty batches are skipped.
-                        tx.send(Packet::Wake).unwrap();
-                        tx.send(Packet::Batch(Vec::new())).unwrap();
+            for (to, capacity) in [(1, Some(8)), (3, Some(8)), (5, None)] {
+                let (tx, lane) =
+                    connect_lane(addr, &ident(&format!("w{sender}")), TaskId(to), capacity)
+                        .unwrap();
+                let batches: Vec<Vec<Envelope>> = (0..BATCHES)
+                    .map(|b| {
+                        (0..PER_BATCH)
+                            .map(|i| {
+                                let seq = b * PER_BATCH + i;
+                                match to {
+                                    5 => to_acker(sender, seq, 5),
+                                    _ => tuple(sender, seq, to + seq % 2),
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect();
+                expected
+                    .entry(to)
+                    .or_default()
+                    .extend(batches.iter().flatten().cloned());
+                senders.push(std::thread::spawn(move || {
+                    for (i, batch) in batches.into_iter().enumerate() {
+                        tx.send(Packet::Batch(batch)).unwrap();
+                        if i == 3 {
+                            // Control packets are not for the wire; empty batches are skipped.
+                            tx.send(Packet::Wake).unwrap();
+                            tx.send(Packet::Batch(Vec::new())).unwrap();
+                        }
                     }
-                }
-            }));
-            clients.push(client);
+                }));
+                lanes.push(lane);
+            }
         }
-        let unroutable = expected.iter().filter(|e| e.task.0 == 5).count();
-        let want = |exec: usize| -> Vec<Envelope> {
-            expected
-                .iter()
-                .filter(|e| dest.get(e.task.0 as usize).copied().flatten() == Some(exec))
-                .cloned()
-                .collect()
-        };
-        let (want0, want1) = (want(0), want(1));
-        let n1 = want1.len();
-        let got1 = std::thread::spawn(move || collect(&r1, n1));
-        let got0 = collect(&r0, want0.len());
-        let got1 = got1.join().unwrap();
+        let n = (2 * BATCHES * PER_BATCH) as usize;
+        let got1 = std::thread::spawn(move || collect(&r1, n));
+        let gota = std::thread::spawn(move || collect(&ra, n));
+        let got = BTreeMap::from([
+            (1, collect(&r0, n)),
+            (3, got1.join().unwrap()),
+            (5, gota.join().unwrap()),
+        ]);
         for s in senders {
             s.join().unwrap();
         }
         // Per sender, each executor sees exactly its envelopes, intact and in order.
-        for (got, want) in [(&got0, &want0), (&got1, &want1)] {
+        for (to, want) in &expected {
             for sender in [1, 2] {
                 let of = |v: &Vec<Envelope>| -> Vec<Envelope> {
                     v.iter()
@@ -1102,31 +1710,30 @@ mod tests {
                         .cloned()
                         .collect()
                 };
-                assert_eq!(of(got), of(want));
+                assert_eq!(of(&got[to]), of(want), "executor {to}, sender {sender}");
             }
         }
-        eventually("the unroutable count", || {
-            server.stats().envelopes_unroutable == unroutable as u64
-        });
-        let sent = clients[0].stats() + clients[1].stats();
+        let sent = lanes
+            .iter()
+            .fold(TransportStats::default(), |s, l| s + l.stats());
         let received = server.stats();
-        assert_eq!(sent.frames_sent, 2 * u64::from(BATCHES));
-        assert_eq!(sent.envelopes_sent, 2 * u64::from(BATCHES * PER_BATCH));
+        assert_eq!(sent.frames_sent, 6 * u64::from(BATCHES));
+        assert_eq!(sent.envelopes_sent, 6 * u64::from(BATCHES * PER_BATCH));
         assert_eq!(sent.batches_dropped, 0);
         assert_eq!(received.frames_received, sent.frames_sent);
         assert_eq!(received.envelopes_received, sent.envelopes_sent);
-        assert_eq!(received.protocol_errors, 0);
+        assert_eq!(received.protocol_errors + received.connections_refused, 0);
         assert!(received.bytes_received > 0 && received.bytes_received < sent.bytes_sent);
     }
 
     #[test]
-    fn a_remote_worker_is_one_more_transfer_destination() {
+    fn remote_executors_are_more_transfer_destinations() {
         let (q, r) = crossbeam_channel::bounded(4);
-        let server = start_server(local(), &[q], &[None, Some(0), Some(0)]);
-        let (remote, _client) = connect_remote(server.local_addr(), TOPO, "w1", 4).unwrap();
-        // In the sending worker, tasks 1 and 2 live behind the remote worker's queue.
+        let server = start_server(local(), vec![exec(1, 2, Role::Bolt, &q)]);
+        let (remote, _lane) = lane(server.local_addr(), 1, 4);
+        // In the sending worker, tasks 1 and 2 live behind the lane.
         let mut transfer = Transfer::new(&[remote], &[None, Some(0), Some(0)], 8);
-        let sent: Vec<Envelope> = (0..20).map(|i| message(1, i, 1 + i % 2)).collect();
+        let sent: Vec<Envelope> = (0..20).map(|i| tuple(1, i, 1 + i % 2)).collect();
         for env in sent.iter().cloned() {
             transfer.push(env);
         }
@@ -1134,27 +1741,45 @@ mod tests {
         assert_eq!(collect(&r, sent.len()), sent);
     }
 
+    fn big_batch(b: u32, per_batch: u32) -> Vec<Envelope> {
+        (0..per_batch)
+            .map(|i| Envelope {
+                task: TaskId(1),
+                msg: Msg::Tuple {
+                    stream: 0,
+                    source: TaskId(1),
+                    values: values![i64::from(b * per_batch + i), vec![7u8; 1024]],
+                    anchors: Anchors::none(),
+                },
+            })
+            .collect()
+    }
+
     #[test]
-    fn a_full_local_queue_holds_the_sender_back() {
-        // One batch of room at the executor, and nobody drains it.
+    fn a_full_executor_queue_holds_the_sender_back_without_breaking_the_lane() {
+        // One batch of room at the executor, and nobody drains it for a while: longer
+        // than a silent peer is given, but this one is alive and says so.
+        let liveness = Liveness {
+            ping_every: Duration::from_millis(100),
+            dead_after: Duration::from_millis(800),
+        };
         let (q, r) = crossbeam_channel::bounded(1);
-        let server = start_server(local(), &[q], &[None, Some(0)]);
-        let (tx, client) = connect_remote(server.local_addr(), TOPO, "w1", 2).unwrap();
+        let server = start_server_as(
+            local(),
+            vec![exec(1, 1, Role::Bolt, &q)],
+            ident("server"),
+            liveness,
+        );
+        let (tx, lane) = connect_lane_with(
+            server.local_addr(),
+            &ident("w1"),
+            TaskId(1),
+            Some(2),
+            liveness,
+        )
+        .unwrap();
         const PER_BATCH: u32 = 64;
         const LIMIT: u32 = 5_000;
-        let batch = |b: u32| -> Vec<Envelope> {
-            (0..PER_BATCH)
-                .map(|i| Envelope {
-                    task: TaskId(1),
-                    msg: Msg::Tuple {
-                        stream: 0,
-                        source: TaskId(1),
-                        values: values![i64::from(b * PER_BATCH + i), vec![7u8; 1024]],
-                        anchors: Anchors::none(),
-                    },
-                })
-                .collect()
-        };
         // Send until the queue stays full for a while: the writer is blocked on the socket.
         let mut sent = 0;
         let mut full_since: Option<Instant> = None;
@@ -1163,14 +1788,14 @@ mod tests {
                 sent < LIMIT,
                 "{LIMIT} batches of 64 KiB went out without blocking"
             );
-            match tx.try_send(Packet::Batch(batch(sent))) {
+            match tx.try_send(Packet::Batch(big_batch(sent, PER_BATCH))) {
                 Ok(()) => {
                     sent += 1;
                     full_since = None;
                 }
                 Err(TrySendError::Full(p)) => {
                     let since = *full_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > Duration::from_millis(500) {
+                    if since.elapsed() > Duration::from_millis(2500) {
                         break p;
                     }
                     std::thread::sleep(Duration::from_millis(5));
@@ -1183,17 +1808,69 @@ mod tests {
             stats.frames_received < u64::from(sent),
             "the server read all {sent} batches although its queue is full: {stats:?}"
         );
-        // Draining lets everything through, in order.
+        // Draining lets everything through, in order: nothing was lost to a reconnect.
         let rest = std::thread::spawn(move || tx.send(held).unwrap());
         let got = collect(&r, ((sent + 1) * PER_BATCH) as usize);
         rest.join().unwrap();
         for (i, env) in got.iter().enumerate() {
             assert_eq!(origin(env), (1, i as u32));
         }
-        assert_eq!(client.stats().batches_dropped, 0);
+        assert_eq!(lane.stats().batches_dropped, 0);
+        assert_eq!(lane.stats().reconnects, 0);
     }
 
-    /// Writes `bytes` on a fresh connection and expects the server to close it.
+    /// Completes a handshake as an open server would, on `s`.
+    fn accept_handshake(s: &mut TcpStream) {
+        let mut rd = BufReader::new(s.try_clone().unwrap());
+        let mut magic = [0u8; 4];
+        rd.read_exact(&mut magic).unwrap();
+        let mut frame = Vec::new();
+        assert!(read_frame(&mut rd, &mut frame, MAX_HELLO_BYTES).unwrap());
+        s.write_all(&[9u8; NONCE_LEN]).unwrap();
+        let mut tag = [0u8; TAG_LEN];
+        rd.read_exact(&mut tag).unwrap();
+        s.write_all(&[ACCEPTED]).unwrap();
+    }
+
+    #[test]
+    fn a_peer_that_neither_reads_nor_answers_is_given_up() {
+        let liveness = Liveness {
+            ping_every: Duration::from_millis(100),
+            dead_after: Duration::from_millis(800),
+        };
+        let listener = local();
+        let addr = listener.local_addr().unwrap();
+        let (tx, lane) =
+            connect_lane_with(addr, &ident("w1"), TaskId(1), Some(2), liveness).unwrap();
+        // A "server" that shakes hands and then goes silent, and never reads.
+        let (mut first, _) = listener.accept().unwrap();
+        accept_handshake(&mut first);
+        let filler = std::thread::spawn(move || {
+            let mut b = 0;
+            while tx.send(Packet::Batch(big_batch(b, 64))).is_ok() {
+                b += 1;
+            }
+        });
+        // The lane gives up on it and connects again.
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "the lane never gave up");
+            if listener.accept().is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eventually("the dropped batches counted", || {
+            lane.stats().batches_dropped > 0
+        });
+        drop(first);
+        drop(lane);
+        filler.join().unwrap();
+    }
+
+    /// Writes `bytes` on a fresh connection and expects the server to close it, having
+    /// written at most a handshake.
     fn expect_rejected(addr: SocketAddr, what: &str, bytes: &[u8], close_write: bool) {
         let mut s = TcpStream::connect(addr).unwrap();
         // The server may close before reading everything; a failed write is fine.
@@ -1202,9 +1879,9 @@ mod tests {
             let _ = s.shutdown(Shutdown::Write);
         }
         s.set_read_timeout(Some(WAIT)).unwrap();
-        match s.read(&mut [0u8; 16]) {
-            Ok(0) => {}
-            Ok(n) => panic!("{what}: the server wrote {n} bytes"),
+        let mut got = Vec::new();
+        match s.read_to_end(&mut got) {
+            Ok(_) => {}
             Err(e)
                 if matches!(
                     e.kind(),
@@ -1215,18 +1892,31 @@ mod tests {
             }
             Err(_) => {} // reset: closed with our bytes unread
         }
+        assert!(
+            got.len() <= NONCE_LEN + 1,
+            "{what}: the server wrote {} bytes",
+            got.len()
+        );
     }
 
-    fn hello(topology_id: &str) -> Vec<u8> {
+    /// Magic, a hello and an all-zero tag (what a client without a secret sends).
+    fn hello_as(topology_id: &str, epoch: u64, to_task: u32) -> Vec<u8> {
         let body = rmp_serde::to_vec(&Hello {
             topology_id: topology_id.to_owned(),
+            epoch,
             from_worker: "intruder".to_owned(),
+            to_task,
         })
         .unwrap();
         let mut v = MAGIC.to_vec();
         v.extend_from_slice(&(body.len() as u32).to_be_bytes());
         v.extend_from_slice(&body);
+        v.extend_from_slice(&[0u8; TAG_LEN]);
         v
+    }
+
+    fn hello(to_task: u32) -> Vec<u8> {
+        hello_as(TOPO, EPOCH, to_task)
     }
 
     fn framed(mut v: Vec<u8>, payload: &[u8]) -> Vec<u8> {
@@ -1235,10 +1925,26 @@ mod tests {
         v
     }
 
+    fn frame_of(to_task: u32, batch: &[Envelope]) -> Vec<u8> {
+        framed(
+            hello(to_task),
+            &rmp_serde::to_vec(&crate::message::WireBatch(batch)).unwrap(),
+        )
+    }
+
     #[test]
     fn bad_input_closes_the_connection_and_nothing_else() {
         let (q, r) = crossbeam_channel::bounded(64);
-        let server = start_server(local(), &[q], &[None, Some(0)]);
+        let (qa, ra) = crossbeam_channel::bounded(64);
+        let (qs, rs) = crossbeam_channel::unbounded();
+        let server = start_server(
+            local(),
+            vec![
+                exec(1, 2, Role::Bolt, &q),
+                exec(5, 5, Role::Acker, &qa),
+                exec(6, 6, Role::Spout, &qs),
+            ],
+        );
         let addr = server.local_addr();
         let mut rng = fastrand::Rng::with_seed(7);
         let garbage: Vec<u8> = (0..4096).map(|_| rng.u8(..)).collect();
@@ -1250,17 +1956,31 @@ mod tests {
         let mut depth_bomb = alloc_bomb[..alloc_bomb.len() - 6].to_vec();
         depth_bomb.push(0x91);
         depth_bomb.extend(std::iter::repeat_n(0x91u8, 200_000));
-        let good_frame =
-            rmp_serde::to_vec(&crate::message::WireBatch(&[message(1, 0, 1)])).unwrap();
+        let good_frame = rmp_serde::to_vec(&crate::message::WireBatch(&[tuple(1, 1, 1)])).unwrap();
         let mut trailing_garbage = good_frame.clone();
         trailing_garbage.extend_from_slice(&garbage[..8]);
-        let mut truncated = hello(TOPO);
+        let mut truncated = hello(1);
         truncated.extend_from_slice(&1000u32.to_be_bytes());
         truncated.extend_from_slice(&[0x91; 10]);
-
-        let mut over_limit = hello(TOPO);
+        let mut over_limit = hello(1);
         over_limit.extend_from_slice(&(MAX_FRAME_BYTES as u32 + 1).to_be_bytes());
-        let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        let with_tuple = |task: u32, stream: u32, source: u32| Envelope {
+            task: TaskId(task),
+            msg: Msg::Tuple {
+                stream,
+                source: TaskId(source),
+                values: values![1],
+                anchors: Anchors::none(),
+            },
+        };
+        // Each refused for who it is; each closed for what it sent.
+        let refused: Vec<(&str, Vec<u8>)> = vec![
+            ("the wrong topology", hello_as("other-topology", EPOCH, 1)),
+            ("the wrong epoch", hello_as(TOPO, EPOCH + 1, 1)),
+            ("an executor that does not run here", hello(3)),
+            ("a task inside an executor, not its first", hello(2)),
+        ];
+        let broken: Vec<(&str, Vec<u8>, bool)> = vec![
             (
                 "an HTTP request",
                 b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
@@ -1268,7 +1988,6 @@ mod tests {
             ),
             ("random bytes", garbage.clone(), false),
             ("nothing at all", Vec::new(), true),
-            ("the wrong topology", hello("other-topology"), false),
             (
                 "a huge hello",
                 [&MAGIC[..], &[0, 0x10, 0, 0]].concat(),
@@ -1281,39 +2000,165 @@ mod tests {
             ),
             (
                 "a huge length prefix",
-                [hello(TOPO), vec![0xff; 4]].concat(),
+                [hello(1), vec![0xff; 4]].concat(),
                 false,
             ),
             ("a frame over the limit", over_limit, false),
             ("a truncated frame", truncated, true),
-            ("a garbage frame", framed(hello(TOPO), &garbage), false),
+            ("a garbage frame", framed(hello(1), &garbage), false),
             (
                 "a frame with trailing garbage",
-                framed(hello(TOPO), &trailing_garbage),
+                framed(hello(1), &trailing_garbage),
+                false,
+            ),
+            ("an allocation bomb", framed(hello(1), &alloc_bomb), false),
+            ("a nesting bomb", framed(hello(1), &depth_bomb), false),
+            // Frames that decode but name what does not exist or does not fit.
+            (
+                "a stream out of range",
+                frame_of(1, &[with_tuple(1, STREAMS as u32, 1)]),
                 false,
             ),
             (
-                "an allocation bomb",
-                framed(hello(TOPO), &alloc_bomb),
+                "a source task 0",
+                frame_of(1, &[with_tuple(1, 0, 0)]),
                 false,
             ),
-            ("a nesting bomb", framed(hello(TOPO), &depth_bomb), false),
+            (
+                "a source task out of range",
+                frame_of(1, &[with_tuple(1, 0, MAX_TASK + 1)]),
+                false,
+            ),
+            (
+                "a task of another executor, after a good one",
+                frame_of(1, &[with_tuple(1, 0, 1), with_tuple(3, 0, 1)]),
+                false,
+            ),
+            (
+                "a tuple for an acker",
+                frame_of(5, &[with_tuple(5, 0, 1)]),
+                false,
+            ),
+            (
+                "a tuple for a spout",
+                frame_of(6, &[with_tuple(6, 0, 1)]),
+                false,
+            ),
+            (
+                "an ack for a bolt",
+                frame_of(1, &[to_acker(1, 1, 1)]),
+                false,
+            ),
+            (
+                "an ack for a spout",
+                frame_of(6, &[to_acker(1, 1, 6)]),
+                false,
+            ),
+            (
+                "a verdict for an acker",
+                frame_of(
+                    5,
+                    &[Envelope {
+                        task: TaskId(5),
+                        msg: Msg::TreeAcked { root: 1 },
+                    }],
+                ),
+                false,
+            ),
+            (
+                "an ack-init naming a task out of range",
+                frame_of(
+                    5,
+                    &[Envelope {
+                        task: TaskId(5),
+                        msg: Msg::AckInit {
+                            root: 1,
+                            val: 2,
+                            spout_task: TaskId(MAX_TASK + 1),
+                        },
+                    }],
+                ),
+                false,
+            ),
         ];
-        for (what, bytes, close_write) in &cases {
+        for (what, bytes) in &refused {
+            expect_rejected(addr, what, bytes, false);
+        }
+        for (what, bytes, close_write) in &broken {
             expect_rejected(addr, what, bytes, *close_write);
         }
         eventually("every bad connection counted", || {
-            server.stats().protocol_errors == cases.len() as u64
+            let s = server.stats();
+            s.protocol_errors == broken.len() as u64
+                && s.connections_refused == refused.len() as u64
         });
         assert!(
-            r.is_empty(),
+            r.is_empty() && ra.is_empty() && rs.is_empty(),
             "something from a bad connection was delivered"
         );
 
-        // The server still serves a proper client.
-        let (tx, _client) = connect_remote(addr, TOPO, "w1", 4).unwrap();
-        tx.send(Packet::Batch(vec![message(1, 1, 1)])).unwrap();
-        assert_eq!(collect(&r, 1), vec![message(1, 1, 1)]);
+        // The server still serves proper clients, with the same envelopes done right.
+        let (tx, _lane) = lane(addr, 1, 4);
+        tx.send(Packet::Batch(vec![tuple(1, 1, 1), with_tuple(2, 1, 9)]))
+            .unwrap();
+        assert_eq!(collect(&r, 2), vec![tuple(1, 1, 1), with_tuple(2, 1, 9)]);
+        let (tx, _lane) = connect_lane(addr, &ident("w1"), TaskId(6), None).unwrap();
+        let verdict = Envelope {
+            task: TaskId(6),
+            msg: Msg::TreeFailed { root: 7 },
+        };
+        tx.send(Packet::Batch(vec![verdict.clone()])).unwrap();
+        assert_eq!(collect(&rs, 1), vec![verdict]);
+    }
+
+    fn secret(s: &str) -> Option<Secret> {
+        Some(Secret::new(s.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn with_a_cluster_secret_only_lanes_that_know_it_get_through() {
+        let (q, r) = crossbeam_channel::bounded(64);
+        let server = start_server_as(
+            local(),
+            vec![exec(1, 1, Role::Bolt, &q)],
+            ident("server").with_secret(secret("the-cluster-secret-1")),
+            Liveness::default(),
+        );
+        let addr = server.local_addr();
+        let send_as = |who: &str, secret: Option<Secret>| {
+            let (tx, lane) =
+                connect_lane(addr, &ident(who).with_secret(secret), TaskId(1), Some(4)).unwrap();
+            tx.send(Packet::Batch(vec![tuple(1, 0, 1)])).unwrap();
+            lane
+        };
+        let wrong = send_as("wrong", secret("not-the-cluster-secret"));
+        let none = send_as("none", None);
+        eventually("both refused, twice", || {
+            wrong.stats().connections_refused >= 2 && none.stats().connections_refused >= 2
+        });
+        assert!(r.is_empty(), "a lane without the secret delivered");
+        assert_eq!(wrong.stats().frames_sent + none.stats().frames_sent, 0);
+        assert!(server.stats().connections_refused >= 4);
+
+        let right = send_as("right", secret("the-cluster-secret-1"));
+        assert_eq!(collect(&r, 1), vec![tuple(1, 0, 1)]);
+        assert_eq!(right.stats().connections_refused, 0);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn lanes_of_another_epoch_are_refused() {
+        let (q, r) = crossbeam_channel::bounded(64);
+        let server = start_server(local(), vec![exec(1, 1, Role::Bolt, &q)]);
+        let old = Identity::new(TOPO, EPOCH - 1, "old-worker");
+        let (tx, lane) = connect_lane(server.local_addr(), &old, TaskId(1), Some(4)).unwrap();
+        tx.send(Packet::Batch(vec![tuple(1, 0, 1)])).unwrap();
+        eventually("the old lane refused", || {
+            lane.stats().connections_refused >= 1 && server.stats().connections_refused >= 1
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(r.is_empty(), "a lane of another epoch delivered");
+        assert_eq!(lane.stats().frames_sent, 0);
     }
 
     fn bind(addr: SocketAddr) -> TcpListener {
@@ -1331,38 +2176,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_client_waits_for_the_server_and_reconnects_after_a_restart() {
-        let addr = local().local_addr().unwrap(); // a port nobody listens on
-        let (tx, client) = connect_remote(addr, TOPO, "w1", 16).unwrap();
-        tx.send(Packet::Batch(vec![message(1, 0, 1)])).unwrap();
-        std::thread::sleep(Duration::from_millis(300)); // the client retries meanwhile
-
-        let (q, r) = crossbeam_channel::bounded(16);
-        let mut server = start_server(bind(addr), std::slice::from_ref(&q), &[None, Some(0)]);
-        assert_eq!(collect(&r, 1), vec![message(1, 0, 1)]);
-        server.shutdown();
-        drop(server);
-
-        let server = start_server(bind(addr), &[q], &[None, Some(0)]);
-        // Keep sending until batches arrive again; one written into the dead connection
-        // may be lost.
+    /// Sends batches of one tuple on `tx` until one arrives on `r`; returns its number.
+    fn first_through(tx: &Sender<Packet>, r: &Receiver<Packet>, seq: &mut u32) -> u32 {
         let deadline = Instant::now() + WAIT;
-        let mut seq = 1;
-        let first = loop {
-            assert!(
-                Instant::now() < deadline,
-                "nothing arrived after the restart"
-            );
-            tx.send(Packet::Batch(vec![message(1, seq, 1)])).unwrap();
-            seq += 1;
+        loop {
+            assert!(Instant::now() < deadline, "nothing arrived");
+            tx.send(Packet::Batch(vec![tuple(1, *seq, 1)])).unwrap();
+            *seq += 1;
             if let Ok(Packet::Batch(b)) = r.recv_timeout(Duration::from_millis(50)) {
                 break origin(&b[0]).1;
             }
-        };
+        }
+    }
+
+    #[test]
+    fn the_lane_waits_for_the_server_and_reconnects_after_a_restart() {
+        let addr = local().local_addr().unwrap(); // a port nobody listens on
+        let (tx, lane) = lane(addr, 1, 16);
+        tx.send(Packet::Batch(vec![tuple(1, 0, 1)])).unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // the lane retries meanwhile
+
+        let (q, r) = crossbeam_channel::bounded(16);
+        let mut server = start_server(bind(addr), vec![exec(1, 1, Role::Bolt, &q)]);
+        assert_eq!(collect(&r, 1), vec![tuple(1, 0, 1)]);
+        server.shutdown();
+        drop(server);
+
+        let server = start_server(bind(addr), vec![exec(1, 1, Role::Bolt, &q)]);
+        // Keep sending until batches arrive again; one written into the dead connection
+        // may be lost.
+        let mut seq = 1;
+        let first = first_through(&tx, &r, &mut seq);
         // From then on nothing is lost and the order holds.
         for _ in 0..20 {
-            tx.send(Packet::Batch(vec![message(1, seq, 1)])).unwrap();
+            tx.send(Packet::Batch(vec![tuple(1, seq, 1)])).unwrap();
             seq += 1;
         }
         let rest: Vec<u32> = collect(&r, (seq - 1 - first) as usize)
@@ -1370,16 +2217,44 @@ mod tests {
             .map(|e| origin(e).1)
             .collect();
         assert_eq!(rest, (first + 1..seq).collect::<Vec<_>>());
-        assert_eq!(client.stats().reconnects, 1);
+        assert_eq!(lane.stats().reconnects, 1);
         assert_eq!(server.stats().protocol_errors, 0);
+    }
+
+    #[test]
+    fn a_lane_follows_its_executor_to_another_worker() {
+        let (q1, r1) = crossbeam_channel::bounded(16);
+        let (q2, r2) = crossbeam_channel::bounded(16);
+        let one = start_server(local(), vec![exec(1, 1, Role::Bolt, &q1)]);
+        let two = start_server(local(), vec![exec(1, 1, Role::Bolt, &q2)]);
+        let (tx, lane) = lane(one.local_addr(), 1, 16);
+        let mut seq = 0;
+        first_through(&tx, &r1, &mut seq);
+        lane.set_addr(two.local_addr());
+        assert_eq!(lane.addr(), two.local_addr());
+        let first = first_through(&tx, &r2, &mut seq);
+        for _ in 0..10 {
+            tx.send(Packet::Batch(vec![tuple(1, seq, 1)])).unwrap();
+            seq += 1;
+        }
+        let rest: Vec<u32> = collect(&r2, (seq - 1 - first) as usize)
+            .iter()
+            .map(|e| origin(e).1)
+            .collect();
+        assert_eq!(rest, (first + 1..seq).collect::<Vec<_>>());
+        // Nothing more went to the old place.
+        std::thread::sleep(Duration::from_millis(100));
+        while let Ok(Packet::Batch(b)) = r1.try_recv() {
+            assert!(b.iter().all(|e| origin(e).1 < first));
+        }
     }
 
     #[test]
     fn shutdown_does_not_hang_on_a_stalled_peer() {
         // The executor never drains: the reader, the socket and the writer all block.
         let (q, _r) = crossbeam_channel::bounded(1);
-        let mut server = start_server(local(), &[q], &[None, Some(0)]);
-        let (tx, mut client) = connect_remote(server.local_addr(), TOPO, "w1", 1).unwrap();
+        let mut server = start_server(local(), vec![exec(1, 1, Role::Bolt, &q)]);
+        let (tx, mut lane) = lane(server.local_addr(), 1, 1);
         let filler = std::thread::spawn(move || {
             let batch = || {
                 let big = Envelope {
@@ -1401,9 +2276,9 @@ mod tests {
 
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         std::thread::spawn(move || {
-            client.shutdown();
+            lane.shutdown();
             server.shutdown();
-            let _ = done_tx.send((client.stats(), server.stats()));
+            let _ = done_tx.send((lane.stats(), server.stats()));
         });
         let (sent, received) = done_rx.recv_timeout(WAIT).expect("shutdown hung");
         filler.join().unwrap();
