@@ -101,6 +101,13 @@ async fn route(n: &Arc<Nimbus>, req: Request<Incoming>) -> Reply {
     if write && !n.is_leader() {
         return Err(not_leader(n).await);
     }
+    // A topology's details carry live counters, which only the leader receives: a
+    // standby sends the reader there while it knows the leader (and answers from
+    // ZooKeeper, without counters, while none is elected).
+    let live_read = method == Method::GET && matches!(segs.as_slice(), ["topologies", _]);
+    if live_read && !n.is_leader() && n.known_leader().is_some() {
+        return Err(not_leader(n).await);
+    }
     match (&method, segs.as_slice()) {
         (&Method::PUT, ["binaries", sha]) => upload(n, sha, req).await,
         (&Method::GET, ["binaries", sha]) => {

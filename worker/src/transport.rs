@@ -97,7 +97,6 @@
 //! replay them, as in Storm.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::ops::Add;
@@ -599,24 +598,11 @@ fn decode_batch(frame: &[u8]) -> Result<Vec<Envelope>, ConnError> {
     }
 }
 
-/// A fresh unpredictable nonce. `RandomState` keys SipHash with random bytes from the
-/// operating system; hashing a counter and the time under such keys gives bytes nobody
-/// can predict without the keys.
-fn nonce() -> [u8; NONCE_LEN] {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+/// A fresh nonce from the operating system's cryptographic random source.
+fn nonce() -> io::Result<[u8; NONCE_LEN]> {
     let mut out = [0u8; NONCE_LEN];
-    for (i, chunk) in out.chunks_mut(8).enumerate() {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(n);
-        h.write_u64(t);
-        h.write_usize(i);
-        chunk.copy_from_slice(&h.finish().to_le_bytes());
-    }
-    out
+    getrandom::fill(&mut out).map_err(|e| io::Error::other(format!("no random bytes: {e}")))?;
+    Ok(out)
 }
 
 struct ServerShared {
@@ -682,7 +668,7 @@ impl ServerShared {
             .router
             .executor(hello.to_task)
             .ok_or(ConnError::NoSuchExecutor(hello.to_task))?;
-        let nonce = nonce();
+        let nonce = nonce()?;
         wr.write_all(&nonce)?;
         let mut tag = [0u8; TAG_LEN];
         if read_full(rd, &mut tag)? < TAG_LEN {
