@@ -4,46 +4,16 @@
 //! from the built `squall` binary, WordCount as the topology.
 
 mod common;
-use common::word_count;
+use common::{alive, block, free_port, wait_until, word_count, worker_pids, SQUALL};
 
-use std::net::TcpListener;
+const PATIENCE: Duration = Duration::from_secs(90);
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use squall_cluster::dev_zookeeper::ZooKeeperServer;
 use squall_cluster::rpc::NimbusClient;
-use squall_cluster::state::LocalHeartbeat;
-
-const SQUALL: &str = env!("CARGO_BIN_EXE_squall");
-const PATIENCE: Duration = Duration::from_secs(90);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    cond()
-}
 
 /// Kills the daemons on drop (SIGTERM, then SIGKILL).
 struct Daemons(Vec<Child>);
@@ -81,39 +51,6 @@ fn spawn(what: &str, config: &Path, log: &Path) -> Child {
         .stderr(Stdio::from(out))
         .spawn()
         .unwrap()
-}
-
-/// Live worker pids, from the heartbeat files under `dir`.
-fn worker_pids(dir: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "heartbeat") {
-                let hb = std::fs::read(&p)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<LocalHeartbeat>(&b).ok());
-                if let Some(hb) = hb {
-                    if alive(hb.pid) {
-                        pids.push(hb.pid);
-                    }
-                }
-            }
-        }
-    }
-    pids.sort_unstable();
-    pids
-}
-
-/// Running and not a zombie.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
-    })
 }
 
 fn counted(client: &NimbusClient) -> u64 {

@@ -3,10 +3,9 @@
 //! `squall jar`, all on free ports.
 
 mod common;
-use common::word_count;
+use common::{block, find_files, free_port, stdout, wait_until, word_count, SQUALL};
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -14,16 +13,7 @@ use std::time::{Duration, Instant};
 use squall_cluster::dev_zookeeper::ZooKeeperServer;
 use squall_cluster::rpc::{NimbusClient, SubmitRequest, TopologyInfo};
 
-const SQUALL: &str = env!("CARGO_BIN_EXE_squall");
 const PATIENCE: Duration = Duration::from_secs(90);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Daemon {
     name: String,
@@ -249,45 +239,8 @@ impl Drop for TestCluster {
     }
 }
 
-fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        if let Ok(entries) = std::fs::read_dir(&d) {
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.file_name().is_some_and(|n| n == name) {
-                    out.push(p);
-                }
-            }
-        }
-    }
-    out
-}
-
 fn worker_logs(dir: &Path) -> Vec<PathBuf> {
     find_files(dir, "worker.log")
-}
-
-fn block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    cond()
 }
 
 /// A bare HTTP/1.1 request: (status, body).
@@ -308,14 +261,6 @@ fn raw_http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String) {
         .unwrap_or(0);
     let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (code, body)
-}
-
-fn stdout(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn component(info: &TopologyInfo, id: &str) -> squall_cluster::rpc::ComponentSummary {

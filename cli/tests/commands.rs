@@ -1,11 +1,9 @@
 //! `squall` commands that need no cluster.
 
 mod common;
-use common::word_count;
+use common::{word_count, SQUALL};
 
 use std::process::Command;
-
-const SQUALL: &str = env!("CARGO_BIN_EXE_squall");
 
 #[test]
 fn local_runs_a_topology_binary_for_its_ttl() {

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::chaos::{block, example, signal, stdout, wait_until, ChaosCluster, Ledger, Progress};
+use common::chaos::{ChaosCluster, Ledger, Progress};
+use common::{block, example, signal, stdout, wait_until};
 
 /// These tests start whole clusters: one at a time, so that they do not starve each
 /// other of the machine's cores (and time out for that reason).
@@ -457,7 +458,7 @@ fn a_cluster_with_a_secret_refuses_strangers() {
             .join("\n"),
     )
     .unwrap();
-    let out = std::process::Command::new(common::chaos::SQUALL)
+    let out = std::process::Command::new(common::SQUALL)
         .args(["kill", "guarded", "-w", "0", "--config"])
         .arg(&stranger)
         .output()

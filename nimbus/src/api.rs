@@ -351,7 +351,7 @@ async fn submit(n: &Nimbus, req: SubmitRequest) -> Reply {
         rebalance: None,
     };
     n.state().set_storm(&base).await.map_err(state_err)?;
-    let (supervisors, assignments) = n.cluster_now().await.map_err(state_err)?;
+    let (supervisors, assignments, _) = n.cluster_now().await.map_err(state_err)?;
     n.assign(&base, &supervisors, &assignments)
         .await
         .map_err(internal)?;
@@ -639,7 +639,7 @@ async fn check_slots(
     }
     let executors = Nimbus::layout(&after, &code).executors().count();
     let needed = (after.num_workers.max(1) as usize).min(executors);
-    let (supervisors, assignments) = n.cluster_now().await.map_err(state_err)?;
+    let (supervisors, assignments, _) = n.cluster_now().await.map_err(state_err)?;
     let (free, _) = free_slots(&supervisors, assignments.values(), Some(&base.topology_id));
     let available: usize = free.iter().map(|f| f.ports.len()).sum();
     if needed > available {

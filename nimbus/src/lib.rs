@@ -449,10 +449,13 @@ impl Nimbus {
         TaskLayout::new(&spec, code.conf.num_ackers().unwrap_or(1))
     }
 
-    /// The supervisors that may get work (present and alive) and every assignment.
+    /// The supervisors that may get work (present and alive), every assignment, and the
+    /// instant the supervisors were judged at: decisions taken with this list must judge
+    /// slots at that same instant, or a supervisor crossing its timeout in between would
+    /// be both usable and dead.
     pub async fn cluster_now(
         &self,
-    ) -> Result<(Vec<SupervisorInfo>, HashMap<String, Assignment>), StateError> {
+    ) -> Result<(Vec<SupervisorInfo>, HashMap<String, Assignment>, Instant), StateError> {
         let state = self.state();
         let supervisors = state.supervisors().await?;
         let now = Instant::now();
@@ -471,7 +474,7 @@ impl Nimbus {
             .into_iter()
             .map(|a| (a.topology_id.clone(), a))
             .collect();
-        Ok((supervisors, assignments))
+        Ok((supervisors, assignments, now))
     }
 
     /// Schedules `base` afresh (a new epoch) on the slots of `supervisors` and stores the
@@ -586,7 +589,7 @@ impl Nimbus {
             return Ok(());
         }
         let now = now_secs();
-        let (supervisors, mut assignments) = self.cluster_now().await?;
+        let (supervisors, mut assignments, judged_at) = self.cluster_now().await?;
         for mut base in self.state().storms().await? {
             if !self.is_leader() {
                 break;
@@ -596,6 +599,8 @@ impl Nimbus {
             match base.status {
                 TopologyStatus::Killed if due => {
                     tracing::info!(topology = %base.name, "killed: removing its assignment and state");
+                    // Workers hear "not assigned" from now on, before the nodes go.
+                    self.lock_view().topologies.remove(&id);
                     self.state().remove_assignment(&id).await?;
                     self.state().remove_errors(&id).await?;
                     self.state().remove_storm(&id).await?;
@@ -634,7 +639,7 @@ impl Nimbus {
                         }
                         continue;
                     };
-                    let instant = Instant::now();
+                    let instant = judged_at;
                     self.lock_liveness().observe_assignment(instant, &current);
                     if !full {
                         continue;

@@ -5,73 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use squall_cluster::dev_zookeeper::{ZooKeeperOptions, ZooKeeperServer};
 use squall_cluster::rpc::NimbusClient;
-use squall_cluster::state::LocalHeartbeat;
 
-pub const SQUALL: &str = env!("CARGO_BIN_EXE_squall");
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A binary of the examples crate, built beside the tests (built here if missing).
-pub fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join(name);
-    if !bin.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "squall-examples", "--bin", name])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
-}
-
-pub fn block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    cond()
-}
-
-pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status();
-}
-
-pub fn alive(pid: u32) -> bool {
-    // A zombie still has a /proc entry; its state letter is Z.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
-}
+use super::{block, find_files, free_port, signal, wait_until, SQUALL};
 
 /// A bare HTTP/1.1 request to 127.0.0.1:`port`: (status, body), `None` when it cannot
 /// connect.
@@ -95,14 +36,6 @@ pub fn http(
     let _ = s.read_to_string(&mut resp);
     let code = resp.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, resp.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()))
-}
-
-pub fn stdout(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 struct Daemon {
@@ -358,19 +291,7 @@ impl ChaosCluster {
 
     /// Live worker pids per supervisor, from their heartbeat files.
     pub fn worker_pids(&self, sup: &str) -> Vec<u32> {
-        let mut pids = Vec::new();
-        for hb in find_files(&self.daemons[sup].local.join("workers"), "heartbeat") {
-            if let Some(h) = std::fs::read(&hb)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<LocalHeartbeat>(&b).ok())
-            {
-                if alive(h.pid) {
-                    pids.push(h.pid);
-                }
-            }
-        }
-        pids.sort_unstable();
-        pids
+        super::worker_pids(&self.daemons[sup].local.join("workers"))
     }
 
     pub fn all_worker_pids(&self) -> Vec<(String, u32)> {
@@ -458,24 +379,6 @@ impl Drop for ChaosCluster {
             signal(pid, "KILL");
         }
     }
-}
-
-pub fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        if let Ok(entries) = std::fs::read_dir(&d) {
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.file_name().is_some_and(|n| n == name) {
-                    out.push(p);
-                }
-            }
-        }
-    }
-    out
 }
 
 fn read_ids(path: &Path) -> Vec<u64> {

@@ -91,9 +91,15 @@ pub async fn state(zk_port: u16) -> ClusterState {
 }
 
 /// Waits until `addr` leads.
+/// Waits until `addr` holds the leader lock *and* acts as leader (it answers a write
+/// itself: 404 for an unknown topology, or 401 when it wants a secret this probe lacks).
 pub async fn wait_leader(state: &ClusterState, addr: &str, timeout: Duration) -> bool {
     wait_until(timeout, || async {
         state.leader().await.ok().flatten().as_deref() == Some(addr)
+            && matches!(
+                client(addr).activate("no-such-topology").await,
+                Err(e) if matches!(e.status(), Some(404 | 401))
+            )
     })
     .await
 }
