@@ -13,7 +13,7 @@ const CONF_ENV: &str = "SQUALL_TEST_NIMBUS_CONF";
 
 /// Not a test: the body of a Nimbus child process (run by `spawn_child`).
 #[test]
-#[ignore]
+#[ignore = "the body of a Nimbus child process, run by spawn_child"]
 fn nimbus_child() {
     let Ok(file) = std::env::var(CONF_ENV) else {
         return;
