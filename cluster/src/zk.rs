@@ -70,6 +70,10 @@ pub type Result<T> = std::result::Result<T, StateError>;
 pub struct ClusterState {
     client: zk::Client,
     root: String,
+    /// Since when the client has not been connected (shared by clones), and how long
+    /// that may last before the session counts as lost.
+    disconnected: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    give_up_after: Duration,
 }
 
 fn persistent() -> zk::CreateOptions<'static> {
@@ -88,7 +92,15 @@ impl ClusterState {
                 source,
             })?;
         let root = format!("/{}", root.trim_matches('/'));
-        let state = ClusterState { client, root };
+        let state = ClusterState {
+            client,
+            root,
+            disconnected: Default::default(),
+            // Twice the session timeout: by then the server has expired the session, so
+            // a client that still cannot get back in is stuck (e.g. a restarted server
+            // that refuses its reconnection attempts) and a new session is the way out.
+            give_up_after: session_timeout * 2,
+        };
         for dir in [
             "storms",
             "assignments",
@@ -122,9 +134,27 @@ impl ClusterState {
         format!("{}/{}", self.root, rel.trim_start_matches('/'))
     }
 
-    /// Whether the session is still usable.
+    /// Whether the session is still usable: not ended, and not disconnected for longer
+    /// than twice the session timeout. Daemons call this periodically and replace a
+    /// session that is not.
     pub fn is_alive(&self) -> bool {
-        !self.client.state().is_terminated()
+        let state = self.client.state();
+        if state.is_terminated() {
+            return false;
+        }
+        let mut since = self
+            .disconnected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if matches!(
+            state,
+            zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly
+        ) {
+            *since = None;
+            return true;
+        }
+        let t = *since.get_or_insert_with(std::time::Instant::now);
+        t.elapsed() <= self.give_up_after
     }
 
     fn zk_err<'p>(op: &'static str, path: &'p str) -> impl FnOnce(zk::Error) -> StateError + 'p {

@@ -316,6 +316,7 @@ impl ChaosCluster {
         for log in find_files(self.dir.path(), "worker.log") {
             files.push((log.display().to_string(), log));
         }
+        files.push(("zookeeper".to_owned(), self.zk_dir.join("zookeeper.log")));
         for (name, path) in files {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(25).collect();
