@@ -176,7 +176,6 @@ pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), Nimb
         worker_start: conf.supervisor_worker_start_timeout()?,
     };
     let monitor_freq = conf.nimbus_monitor_freq()?;
-    let state = ClusterState::connect(&zk.servers, &zk.root, zk.session_timeout).await?;
     let host = squall_cluster::local_hostname(&conf);
     let summary = NimbusSummary {
         host: host.clone(),
@@ -184,7 +183,27 @@ pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), Nimb
         start_time_secs: now_secs(),
         version: squall_cluster::VERSION.to_owned(),
     };
-    state.register_nimbus(&summary).await?;
+    // ZooKeeper may be down or restarting while Nimbus starts: wait for it rather than
+    // exit (a standby that dies here leaves the cluster without a spare).
+    let mut retry = Duration::from_millis(500);
+    let state = loop {
+        let attempt = async {
+            let state = ClusterState::connect(&zk.servers, &zk.root, zk.session_timeout).await?;
+            state.register_nimbus(&summary).await?;
+            Ok::<_, StateError>(state)
+        };
+        match attempt.await {
+            Ok(state) => break state,
+            Err(e) => {
+                tracing::warn!("{e}; retrying in {retry:?}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
     let (errors_tx, errors_rx) = tokio::sync::mpsc::channel(ERROR_QUEUE);
     let nimbus = Arc::new(Nimbus {
         max_binary_bytes: conf.nimbus_binary_max_bytes()?,

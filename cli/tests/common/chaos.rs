@@ -179,7 +179,13 @@ impl ChaosCluster {
     /// Starts (or starts again) the daemon `name`.
     pub fn spawn(&mut self, name: &str) {
         let d = self.daemons.get_mut(name).unwrap();
-        assert!(d.child.is_none(), "{name} is already running");
+        if let Some(mut old) = d.child.take() {
+            // It exited by itself (or was never reaped): reap it first.
+            assert!(
+                matches!(old.try_wait(), Ok(Some(_))),
+                "{name} is already running"
+            );
+        }
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -214,8 +220,12 @@ impl ChaosCluster {
             .id()
     }
 
+    /// Whether the daemon `name` was started and has not exited.
     pub fn is_running(&self, name: &str) -> bool {
-        self.daemons[name].child.is_some()
+        self.daemons[name]
+            .child
+            .as_ref()
+            .is_some_and(|c| super::alive(c.id()))
     }
 
     pub fn names(&self, prefix: &str) -> Vec<String> {
