@@ -539,12 +539,23 @@ impl Supervisor {
             .filter_map(|(&port, w)| (!w.proc.alive()).then_some(port))
             .collect();
         for port in dead {
-            if let Some(w) = self.workers.remove(&port) {
-                tracing::warn!(port, topology = %w.work.topology_id, "worker exited");
-                self.backoff
-                    .entry(port)
-                    .or_default()
-                    .worker_ended(w.started.elapsed(), now);
+            if let Some(mut w) = self.workers.remove(&port) {
+                // Killed by a signal (SIGKILL by an operator, the OOM killer, a crash):
+                // an incident, restarted at once. Exited with a code soon after its start
+                // (a failed open/prepare exits 1): a failure that backs off.
+                let by_signal = w.proc.killed_by_signal();
+                tracing::warn!(
+                    port,
+                    topology = %w.work.topology_id,
+                    by_signal,
+                    "worker exited"
+                );
+                let ran = if by_signal {
+                    Backoff::HEALTHY
+                } else {
+                    w.started.elapsed()
+                };
+                self.backoff.entry(port).or_default().worker_ended(ran, now);
             }
         }
     }

@@ -37,6 +37,19 @@ impl Proc {
         }
     }
 
+    /// Whether the process ended through a signal rather than exiting with a code
+    /// (unknown for an adopted process: taken as a signal).
+    pub fn killed_by_signal(&mut self) -> bool {
+        match self {
+            Proc::Child(c) => c
+                .try_wait()
+                .ok()
+                .flatten()
+                .is_some_and(|status| status.code().is_none()),
+            Proc::Adopted(_) => true,
+        }
+    }
+
     /// Stops the process: SIGTERM, then SIGKILL when it is still running after `grace`
     /// (`supervisor.worker.shutdown.sleep.secs`). A child is reaped.
     pub async fn stop(&mut self, grace: Duration) {
@@ -127,6 +140,24 @@ mod tests {
             cmd.env(k, v);
         }
         cmd.spawn().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_kill_by_signal_is_told_from_an_exit_with_a_code() {
+        let mut failed = Proc::Child(sleeper(None, "exit 1"));
+        while failed.alive() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            !failed.killed_by_signal(),
+            "exit 1 is the worker's own failure"
+        );
+        let mut killed = Proc::Child(sleeper(None, "exec sleep 30"));
+        signal(killed.pid().unwrap(), Signal::KILL);
+        while killed.alive() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(killed.killed_by_signal());
     }
 
     #[tokio::test]
