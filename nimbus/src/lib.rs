@@ -12,14 +12,14 @@
 //! reads; a standby answers writes with `503` naming the leader, which
 //! [`squall_cluster::rpc::NimbusClient`] follows. Everything a new leader needs is in
 //! ZooKeeper (bases, assignments, topology code, the id counter) except the binaries,
-//! which standbys copy from the leader in the background ([`leader`]); a candidate that
+//! which standbys copy from the leader in the background (module `leader`); a candidate that
 //! wins without every live topology's binary lets another candidate lead (a few times,
 //! then leads anyway). A leader whose ZooKeeper connection is lost stops leading at once
 //! and leads again, with fresh clocks, only when it holds the lock again.
 //!
 //! **The monitor** runs every second on the leader: it finishes kills and rebalances
 //! whose wait is over and schedules topologies without an assignment. Every
-//! `nimbus.monitor.freq.secs` it also detects failures ([`liveness`]) and moves only the
+//! `nimbus.monitor.freq.secs` it also detects failures (module `liveness`) and moves only the
 //! executors of dead slots ([`squall_cluster::scheduler::reschedule`]), or spreads a
 //! topology out again when it runs on fewer workers than it asked for and slots are free.
 #![deny(missing_docs)]
