@@ -97,6 +97,23 @@ async fn play(
     }
 }
 
+/// Sends `hb` until Nimbus answers `want` (up to 5 s); returns the last answer.
+fn verdict_becomes(
+    rt: &tokio::runtime::Runtime,
+    c: &NimbusClient,
+    hb: &WorkerHeartbeat,
+    want: HeartbeatResponse,
+) -> HeartbeatResponse {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = rt.block_on(c.heartbeat(hb)).unwrap();
+        if got == want || std::time::Instant::now() > end {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Waits (up to 15 s) for an assignment of `id` that satisfies `done`; returns the last
 /// one seen.
 async fn wait_assignment(
@@ -199,18 +216,27 @@ fn dead_workers_move_and_only_they_and_topologies_spread_out_again() {
         };
         assert_eq!(after.slot, expected);
     }
-    // The untouched worker still runs the old version: assigned, told the new one.
+    // The untouched worker still runs the old version: assigned, told the new one (as
+    // soon as the heartbeat view, refreshed after each monitor pass, has it).
     assert_eq!(
-        rt.block_on(c.heartbeat(&hb)).unwrap(),
+        verdict_becomes(
+            &rt,
+            &c,
+            &hb,
+            HeartbeatResponse::Assigned {
+                status: squall_cluster::state::TopologyStatus::Active,
+                assignment_version: moved.version
+            }
+        ),
         HeartbeatResponse::Assigned {
             status: squall_cluster::state::TopologyStatus::Active,
             assignment_version: moved.version
         }
     );
     // The dead supervisor's worker is not.
+    let dead_hb = worker_heartbeat(&first, &slot("b", 6700));
     assert_eq!(
-        rt.block_on(c.heartbeat(&worker_heartbeat(&first, &slot("b", 6700))))
-            .unwrap(),
+        verdict_becomes(&rt, &c, &dead_hb, HeartbeatResponse::NotAssigned),
         HeartbeatResponse::NotAssigned
     );
 
