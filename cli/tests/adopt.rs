@@ -4,13 +4,16 @@
 //! from the built `squall` binary, WordCount as the topology.
 
 mod common;
-use common::{alive, block, free_port, wait_until, word_count, worker_pids, SQUALL};
+use common::{
+    alive, block, free_port, spawn_daemon, stop_daemons, wait_until, word_count, worker_pids,
+    SQUALL,
+};
 
 const PATIENCE: Duration = Duration::from_secs(90);
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use squall_cluster::dev_zookeeper::ZooKeeperServer;
 use squall_cluster::rpc::NimbusClient;
@@ -20,37 +23,8 @@ struct Daemons(Vec<Child>);
 
 impl Drop for Daemons {
     fn drop(&mut self) {
-        for c in self.0.iter().rev() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-        }
-        for c in self.0.iter_mut().rev() {
-            let end = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < end && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop_daemons(self.0.iter_mut().rev());
     }
-}
-
-fn spawn(what: &str, config: &Path, log: &Path) -> Child {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(SQUALL)
-        .arg(what)
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .unwrap()
 }
 
 fn counted(client: &NimbusClient) -> u64 {
@@ -105,14 +79,16 @@ fn a_restarted_supervisor_adopts_its_running_workers() {
     );
     let sup_dir = dir.path().join("sup");
     let sup_log = sup_dir.join("supervisor.log");
-    let mut daemons = Daemons(vec![spawn(
+    let mut daemons = Daemons(vec![spawn_daemon(
         "nimbus",
         &nimbus_conf,
         &dir.path().join("nimbus/nimbus.log"),
     )]);
     let client = NimbusClient::new(&format!("127.0.0.1:{nimbus_port}"));
     assert!(wait_until(PATIENCE, || block(client.list()).is_ok()));
-    daemons.0.push(spawn("supervisor", &sup_conf, &sup_log));
+    daemons
+        .0
+        .push(spawn_daemon("supervisor", &sup_conf, &sup_log));
 
     let out = Command::new(SQUALL)
         .arg("jar")
@@ -142,7 +118,9 @@ fn a_restarted_supervisor_adopts_its_running_workers() {
     );
 
     // Started again, it adopts them: the same pids ten seconds later, counts growing.
-    daemons.0.push(spawn("supervisor", &sup_conf, &sup_log));
+    daemons
+        .0
+        .push(spawn_daemon("supervisor", &sup_conf, &sup_log));
     assert!(
         wait_until(PATIENCE, || tail(&sup_log)
             .contains("adopted running worker")),

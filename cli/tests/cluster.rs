@@ -3,11 +3,14 @@
 //! `squall jar`, all on free ports.
 
 mod common;
-use common::{block, find_files, free_port, stdout, wait_until, word_count, SQUALL};
+use common::{
+    block, find_files, free_port, spawn_daemon, stdout, stop_daemons, wait_until, word_count,
+    SQUALL,
+};
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use squall_cluster::dev_zookeeper::ZooKeeperServer;
@@ -102,19 +105,7 @@ impl TestCluster {
 
     fn spawn(&mut self, what: &str, config: &Path) {
         let log = config.with_file_name(format!("{what}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(SQUALL)
-            .arg(what)
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .unwrap();
+        let child = spawn_daemon(what, config, &log);
         self.daemons.push(Daemon {
             name: format!("{what} ({})", config.parent().unwrap().display()),
             what: what.to_owned(),
@@ -218,24 +209,7 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        // SIGTERM first: supervisors stop their workers on the way out.
-        for d in self.daemons.iter().rev() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(d.child.id().to_string())
-                .status();
-        }
-        for d in self.daemons.iter_mut().rev() {
-            let end = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < end {
-                if let Ok(Some(_)) = d.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = d.child.kill();
-            let _ = d.child.wait();
-        }
+        stop_daemons(self.daemons.iter_mut().rev().map(|d| &mut d.child));
     }
 }
 

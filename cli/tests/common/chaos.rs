@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use squall_cluster::dev_zookeeper::{ZooKeeperOptions, ZooKeeperServer};
@@ -186,19 +186,7 @@ impl ChaosCluster {
                 "{name} is already running"
             );
         }
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&d.log)
-            .unwrap();
-        let child = Command::new(SQUALL)
-            .arg(d.what)
-            .arg("--config")
-            .arg(&d.config)
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .unwrap();
+        let child = super::spawn_daemon(d.what, &d.config, &d.log);
         d.child = Some(child);
     }
 
@@ -363,27 +351,14 @@ impl ChaosCluster {
 
 impl Drop for ChaosCluster {
     fn drop(&mut self) {
-        // Supervisors first (SIGTERM: they stop their workers), then Nimbus.
-        let order: Vec<String> = self
-            .names("sup")
-            .into_iter()
-            .chain(self.names("nimbus"))
-            .collect();
-        for n in &order {
-            if let Some(c) = &self.daemons[n].child {
-                signal(c.id(), "TERM");
-            }
-        }
-        for n in &order {
-            if let Some(mut c) = self.daemons.get_mut(n).unwrap().child.take() {
-                let end = Instant::now() + Duration::from_secs(15);
-                while Instant::now() < end && matches!(c.try_wait(), Ok(None)) {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        // Supervisors first (SIGTERM: they stop their workers), then Nimbus. Names sort
+        // "nimbus…" before "sup…", so reversed order does that.
+        super::stop_daemons(
+            self.daemons
+                .values_mut()
+                .rev()
+                .filter_map(|d| d.child.as_mut()),
+        );
         // Workers left by killed supervisors.
         for pid in self.stray_workers() {
             signal(pid, "CONT");

@@ -5,7 +5,7 @@ pub mod chaos;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use squall_cluster::state::LocalHeartbeat;
@@ -77,6 +77,40 @@ pub fn alive(pid: u32) -> bool {
         s.rsplit_once(')')
             .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
     })
+}
+
+/// Starts `squall WHAT --config CONFIG` with stdout and stderr appended to `log`.
+pub fn spawn_daemon(what: &str, config: &Path, log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(SQUALL)
+        .arg(what)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .unwrap()
+}
+
+/// Stops daemons as an operator would, in the order given: SIGTERM to all (supervisors
+/// stop their workers on the way out), then up to 15 s each to exit, then SIGKILL.
+pub fn stop_daemons<'a>(children: impl IntoIterator<Item = &'a mut Child>) {
+    let mut children: Vec<&mut Child> = children.into_iter().collect();
+    for c in &children {
+        signal(c.id(), "TERM");
+    }
+    for c in &mut children {
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end && matches!(c.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 /// A command's stdout and stderr.
