@@ -36,8 +36,8 @@ use squall_cluster::state::{
     TopologyStatus, WorkerHeartbeat, WorkerLaunch, WorkerSlot,
 };
 
+use crate::ratelimit::LogLimiter;
 use crate::runtime::{RuntimePlan, TopologyRuntime};
-use crate::transfer::LogLimiter;
 use crate::transport::{
     connect_lane, Identity, Lane, LocalRouter, Role, TransportServer, TransportStats,
 };
@@ -577,7 +577,7 @@ impl Supervision<'_> {
 
     fn local_heartbeat_loop(&self, stop: &Receiver<()>) {
         let pid = std::process::id();
-        let mut warn = LogLimiter::new(Duration::from_secs(60));
+        let warn = LogLimiter::new(Duration::from_secs(60), 1);
         loop {
             let a = self.net.assignment();
             let hb = LocalHeartbeat {
@@ -662,7 +662,7 @@ impl Supervision<'_> {
         rt: &tokio::runtime::Runtime,
         clients: &[NimbusClient],
         hb: &WorkerHeartbeat,
-        warn: &mut LogLimiter,
+        warn: &LogLimiter,
         cancel: &tokio::sync::Notify,
     ) -> Verdict {
         for c in clients {
@@ -707,11 +707,11 @@ impl Supervision<'_> {
             }
         };
         let clients = rt.block_on(async { self.clients(NIMBUS_TIMEOUT) });
-        let mut warn = LogLimiter::new(Duration::from_secs(30));
+        let warn = LogLimiter::new(Duration::from_secs(30), 1);
         loop {
             let (errors, last) = self.new_errors(sent_seq.load(Ordering::Relaxed));
             let hb = self.heartbeat(started, errors);
-            let verdict = Self::post(&rt, &clients, &hb, &mut warn, cancel);
+            let verdict = Self::post(&rt, &clients, &hb, &warn, cancel);
             if verdict.is_some() {
                 sent_seq.store(last, Ordering::Relaxed);
             }
@@ -750,9 +750,9 @@ impl Supervision<'_> {
             return;
         };
         let clients = rt.block_on(async { self.clients(LAST_REPORT_TIMEOUT) });
-        let mut warn = LogLimiter::new(Duration::from_secs(30));
+        let warn = LogLimiter::new(Duration::from_secs(30), 1);
         let hb = self.heartbeat(started, errors);
-        let _ = Self::post(&rt, &clients, &hb, &mut warn, &tokio::sync::Notify::new());
+        let _ = Self::post(&rt, &clients, &hb, &warn, &tokio::sync::Notify::new());
     }
 }
 

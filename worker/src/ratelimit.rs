@@ -93,6 +93,16 @@ impl LogLimiter {
         }
     }
 
+    /// A suffix for the line that got through, saying how many were held back before it
+    /// (empty when none were).
+    pub fn suffix(suppressed: u64) -> String {
+        if suppressed == 0 {
+            String::new()
+        } else {
+            format!(" ({suppressed} more like this since the last report)")
+        }
+    }
+
     /// Lines suppressed since the last one let through.
     pub fn suppressed(&self) -> u64 {
         self.window
@@ -121,6 +131,8 @@ mod tests {
         assert_eq!(l.allow_at(t0 + Duration::from_secs(6)), None);
         assert_eq!(l.allow_at(t0 + Duration::from_secs(60)), Some(1));
         assert_eq!(l.suppressed(), 0);
+        assert_eq!(LogLimiter::suffix(0), "");
+        assert!(LogLimiter::suffix(3).contains('3'));
     }
 
     #[test]

@@ -1,56 +1,12 @@
 //! Outbound batching: messages are gathered per receiving executor and handed over a
 //! batch at a time, so the queues see one operation per batch, not per tuple.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::message::{Envelope, Packet};
-
-/// Lets a warning that may repeat per tuple or per connection through at most once per
-/// period, counting the ones held back.
-#[derive(Debug)]
-pub(crate) struct LogLimiter {
-    every: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    /// At most one line per `every`.
-    pub const fn new(every: Duration) -> Self {
-        LogLimiter {
-            every,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(n)` when a line may be logged now, `n` being the lines held back since the
-    /// last one; `None` (and one more held back) otherwise.
-    pub fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(t) if now.duration_since(t) < self.every => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-
-    /// A suffix for the line saying how many were held back.
-    pub fn suffix(suppressed: u64) -> String {
-        if suppressed == 0 {
-            String::new()
-        } else {
-            format!(" ({suppressed} more like this since the last report)")
-        }
-    }
-}
+use crate::ratelimit::LogLimiter;
 
 const NO_DEST: u32 = u32::MAX;
 
@@ -93,7 +49,7 @@ impl Transfer {
                 .collect(),
             dirty: Vec::new(),
             batch_size: batch_size.max(1),
-            unknown_task_log: LogLimiter::new(Duration::from_secs(5)),
+            unknown_task_log: LogLimiter::new(Duration::from_secs(5), 1),
             backpressure_waits: 0,
         }
     }
@@ -156,23 +112,5 @@ impl Transfer {
     /// Whether partial batches wait to be flushed.
     pub fn has_pending(&self) -> bool {
         !self.dirty.is_empty()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_log_limiter_lets_one_line_through_per_period_and_counts_the_rest() {
-        let mut l = LogLimiter::new(Duration::from_millis(200));
-        assert_eq!(l.allow(), Some(0));
-        assert_eq!(l.allow(), None);
-        assert_eq!(l.allow(), None);
-        std::thread::sleep(Duration::from_millis(250));
-        assert_eq!(l.allow(), Some(2));
-        assert_eq!(l.allow(), None);
-        assert_eq!(LogLimiter::suffix(0), "");
-        assert!(LogLimiter::suffix(3).contains('3'));
     }
 }

@@ -111,7 +111,7 @@ use squall_api::{ComponentKind, TaskId, TaskLayout, ACKER_COMPONENT};
 use squall_cluster::secret::{Secret, TAG_LEN};
 
 use crate::message::{Envelope, Msg, Packet};
-use crate::transfer::LogLimiter;
+use crate::ratelimit::LogLimiter;
 
 /// The first 4 bytes of every connection.
 pub const MAGIC: [u8; 4] = *b"SQL2";
@@ -612,8 +612,8 @@ struct ServerShared {
     counters: Counters,
     liveness: Liveness,
     /// Rate limits for the warnings about refused and broken connections.
-    refused_log: Mutex<LogLimiter>,
-    broken_log: Mutex<LogLimiter>,
+    refused_log: LogLimiter,
+    broken_log: LogLimiter,
     /// Connections past their handshake, by id, for the pinger.
     accepted: Mutex<BTreeMap<u64, TcpStream>>,
     next_id: AtomicU64,
@@ -774,7 +774,7 @@ impl ServerShared {
             (&self.counters.protocol_errors, &self.broken_log, "closed")
         };
         bump(counter, 1);
-        if let Some(suppressed) = lock(limiter).allow() {
+        if let Some(suppressed) = limiter.allow() {
             let from = if from_worker.is_empty() {
                 String::new()
             } else {
@@ -828,8 +828,8 @@ impl TransportServer {
             stop: AtomicBool::new(false),
             counters: Counters::default(),
             liveness,
-            refused_log: Mutex::new(LogLimiter::new(LOG_EVERY)),
-            broken_log: Mutex::new(LogLimiter::new(LOG_EVERY)),
+            refused_log: LogLimiter::new(LOG_EVERY, 1),
+            broken_log: LogLimiter::new(LOG_EVERY, 1),
             accepted: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0),
         });
@@ -1034,7 +1034,7 @@ pub(crate) fn connect_lane_with(
         pending_envelopes: 0,
         last_heard: Instant::now(),
         last_drain: Instant::now(),
-        refused_log: LogLimiter::new(LOG_EVERY),
+        refused_log: LogLimiter::new(LOG_EVERY, 1),
     };
     let thread = std::thread::Builder::new()
         .name(format!("squall-transport-tx-{to_task}@{addr}"))
