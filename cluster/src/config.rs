@@ -80,6 +80,12 @@ pub mod keys {
     pub const WORKER_HEARTBEAT_FREQUENCY_SECS: &str = "worker.heartbeat.frequency.secs";
     /// Port of the web UI.
     pub const UI_PORT: &str = "ui.port";
+    /// Address the web UI listens on.
+    pub const UI_HOST: &str = "ui.host";
+    /// Port of the logviewer.
+    pub const LOGVIEWER_PORT: &str = "logviewer.port";
+    /// Address the logviewer listens on.
+    pub const LOGVIEWER_HOST: &str = "logviewer.host";
     /// Data directory of `squall dev-zookeeper`.
     pub const DEV_ZOOKEEPER_PATH: &str = "dev.zookeeper.path";
     /// The hostname this machine is reached by (default: the system's hostname).
@@ -498,6 +504,12 @@ pub trait ClusterConfig {
     fn logviewer_cleanup_age(&self) -> Result<Duration, ConfigError>;
     /// `ui.port` (0 asks the OS for a free port).
     fn ui_port(&self) -> Result<u16, ConfigError>;
+    /// `ui.host`: the address the UI listens on.
+    fn ui_host(&self) -> Result<String, ConfigError>;
+    /// `logviewer.port` (0 asks the OS for a free port).
+    fn logviewer_port(&self) -> Result<u16, ConfigError>;
+    /// `logviewer.host`: the address the logviewer listens on.
+    fn logviewer_host(&self) -> Result<String, ConfigError>;
     /// `dev.zookeeper.path`: the data directory of `squall dev-zookeeper`.
     fn dev_zookeeper_path(&self) -> Result<PathBuf, ConfigError>;
     /// Reads every key above, so a daemon reports a bad value when it starts.
@@ -648,6 +660,18 @@ impl ClusterConfig for Config {
         port(self, keys::UI_PORT, 0)
     }
 
+    fn ui_host(&self) -> Result<String, ConfigError> {
+        string(self, keys::UI_HOST)
+    }
+
+    fn logviewer_port(&self) -> Result<u16, ConfigError> {
+        port(self, keys::LOGVIEWER_PORT, 0)
+    }
+
+    fn logviewer_host(&self) -> Result<String, ConfigError> {
+        string(self, keys::LOGVIEWER_HOST)
+    }
+
     fn dev_zookeeper_path(&self) -> Result<PathBuf, ConfigError> {
         path(self, keys::DEV_ZOOKEEPER_PATH)
     }
@@ -676,6 +700,9 @@ impl ClusterConfig for Config {
         self.worker_log_max_files()?;
         self.logviewer_cleanup_age()?;
         self.ui_port()?;
+        self.ui_host()?;
+        self.logviewer_port()?;
+        self.logviewer_host()?;
         self.dev_zookeeper_path()?;
         Ok(())
     }
@@ -727,6 +754,14 @@ fn port(conf: &Config, key: &str, min: u64) -> Result<u16, ConfigError> {
         Some(p) if p >= min && p <= 65535 => Ok(p as u16),
         _ if min == 0 => Err(invalid(key, "a port number between 0 and 65535", v)),
         _ => Err(invalid(key, "a port number between 1 and 65535", v)),
+    }
+}
+
+fn string(conf: &Config, key: &str) -> Result<String, ConfigError> {
+    let v = lookup(conf, key);
+    match v.as_str() {
+        Some(s) if !s.is_empty() => Ok(s.to_owned()),
+        _ => Err(invalid(key, "a non-empty string", v)),
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod dev_zookeeper;
 pub mod http;
+pub mod metrics;
 pub mod rpc;
 pub mod scheduler;
 pub mod secret;

@@ -14,6 +14,9 @@
 //! | `POST /nimbus/v1/topologies/<name>/rebalance` | [`RebalanceCommand`] → `{}` |
 //! | `POST /nimbus/v1/heartbeats` | [`WorkerHeartbeat`] → [`HeartbeatResponse`] |
 //! | `GET /nimbus/v1/cluster` | → [`ClusterSummary`] |
+//! | `GET /nimbus/v1/topologies/<name>/page` | → [`TopologyPage`] (windowed stats, for the UI) |
+//! | `POST /nimbus/v1/topologies/<name>/log-levels` | [`LogLevelRequest`] → [`LogLevels`] |
+//! | `GET /nimbus/v1/topologies/<name>/log-levels` | → [`LogLevels`] |
 //!
 //! Errors answer 4xx/5xx with `{"error": "<what is wrong>"}`.
 //!
@@ -31,6 +34,7 @@
 //! `Authorization: Bearer <secret>` ([`NimbusClient::with_secret`]); Nimbus answers `401`
 //! otherwise.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -162,6 +166,112 @@ pub struct TopologyInfo {
     pub conf: Config,
 }
 
+/// Everything the UI shows of one topology (`GET /topologies/<name>/page`): answered
+/// by the leader, which holds the rolling windows of every executor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopologyPage {
+    /// The summary row.
+    pub summary: TopologySummary,
+    /// The topology configuration.
+    pub conf: Config,
+    /// The topology as data (components, streams, groupings) for the graph.
+    pub spec: squall_api::TopologySpec,
+    /// Seconds the topology's message timeout is (`topology.message.timeout.secs`).
+    pub msg_timeout_secs: u64,
+    /// Per worker.
+    pub workers: Vec<WorkerSummary>,
+    /// Per executor, with where it runs and its windows; ackers (`__acker`) included.
+    pub executors: Vec<ExecutorPage>,
+    /// The last errors, at most 10 per component, oldest first.
+    pub errors: Vec<ErrorInfo>,
+    /// Log levels in force (`squall set_log_level`).
+    #[serde(default)]
+    pub log_levels: LogLevels,
+    /// Seconds since the epoch at which Nimbus answered.
+    pub time_secs: u64,
+}
+
+/// One executor of a [`TopologyPage`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorPage {
+    /// The component.
+    pub component: String,
+    /// First task.
+    pub first: u32,
+    /// Last task.
+    pub last: u32,
+    /// Host of its worker (from the assignment).
+    pub host: String,
+    /// Port of its worker.
+    pub port: u16,
+    /// The supervisor running it.
+    pub supervisor_id: String,
+    /// Its worker's uptime at the last heartbeat (0 before the first).
+    pub uptime_secs: u64,
+    /// Seconds since its last heartbeat reached Nimbus (`None`: none yet).
+    pub heartbeat_age_secs: Option<u64>,
+    /// Counts per window, in [`crate::metrics::Window::ALL`] order (`:all-time` last).
+    pub windows: Vec<WindowCounters>,
+    /// Receive-queue depth at the last heartbeat.
+    pub queue_depth: u64,
+    /// Receive-queue capacity (0: unbounded).
+    pub queue_capacity: u64,
+    /// Spouts: complete latency percentiles since the worker started, ms.
+    pub complete_latency_p50_ms: f64,
+    /// 99th percentile.
+    pub complete_latency_p99_ms: f64,
+    /// Maximum.
+    pub complete_latency_max_ms: f64,
+}
+
+/// The counts of one window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowCounters {
+    /// The window.
+    pub window: crate::metrics::Window,
+    /// Its counts.
+    pub counters: crate::metrics::ExecutorCounters,
+}
+
+/// `POST /topologies/<name>/log-levels` (`squall set_log_level`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLevelRequest {
+    /// Loggers to set: `tracing` target (`ROOT` for the default) to level and timeout.
+    #[serde(default)]
+    pub set: BTreeMap<String, LogLevelSetting>,
+    /// Loggers to put back to the worker's defaults.
+    #[serde(default)]
+    pub reset: Vec<String>,
+}
+
+/// A level for one logger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLevelSetting {
+    /// `TRACE`, `DEBUG`, `INFO`, `WARN`, `ERROR` or `OFF`.
+    pub level: String,
+    /// Seconds until the level reverts (`None`: until reset).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// The log levels of a topology (kept in ZooKeeper under `/logconfigs/<topology-id>`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLevels {
+    /// Logger to level and expiry.
+    #[serde(default)]
+    pub levels: BTreeMap<String, LogLevelEntry>,
+}
+
+/// A level in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLevelEntry {
+    /// The level.
+    pub level: String,
+    /// Seconds since the epoch at which it reverts (`None`: never).
+    #[serde(default)]
+    pub expires_secs: Option<u64>,
+}
+
 /// `POST /topologies/<name>/kill`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct KillRequest {
@@ -198,6 +308,9 @@ pub struct ClusterSummary {
     pub nimbuses: Vec<NimbusSummary>,
     /// Number of topologies.
     pub topologies: usize,
+    /// The leader's `host:port`, as the answering Nimbus knows it.
+    #[serde(default)]
+    pub leader: Option<String>,
 }
 
 /// The error body.
@@ -692,6 +805,40 @@ impl NimbusClient {
     /// The cluster summary.
     pub async fn cluster(&self) -> Result<ClusterSummary, RpcError> {
         self.json(Method::GET, "/cluster", None::<&()>).await
+    }
+
+    /// Everything the UI shows of a topology (by name or id), with windowed stats.
+    pub async fn page(&self, name: &str) -> Result<TopologyPage, RpcError> {
+        self.json(
+            Method::GET,
+            &format!("/topologies/{}/page", encode(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Sets or resets log levels of a running topology; answers the levels now in force.
+    pub async fn set_log_levels(
+        &self,
+        name: &str,
+        req: &LogLevelRequest,
+    ) -> Result<LogLevels, RpcError> {
+        self.json(
+            Method::POST,
+            &format!("/topologies/{}/log-levels", encode(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    /// The log levels in force for a topology.
+    pub async fn log_levels(&self, name: &str) -> Result<LogLevels, RpcError> {
+        self.json(
+            Method::GET,
+            &format!("/topologies/{}/log-levels", encode(name)),
+            None::<&()>,
+        )
+        .await
     }
 }
 

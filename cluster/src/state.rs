@@ -243,6 +243,19 @@ pub struct ExecutorHeartbeat {
     /// Maximum.
     #[serde(default)]
     pub complete_latency_max_ms: f64,
+    /// Spouts: trees that timed out (also counted in `failed`, as Storm does).
+    #[serde(default)]
+    pub timed_out: u64,
+    /// Per-stream counters (cumulative) and backpressure, for the UI's windows.
+    #[serde(default)]
+    pub counters: crate::metrics::ExecutorCounters,
+    /// Envelopes waiting in the executor's receive queue when the heartbeat was taken.
+    #[serde(default)]
+    pub queue_depth: u64,
+    /// The receive queue's capacity (`topology.executor.receive.buffer.size`; 0 when
+    /// unbounded).
+    #[serde(default)]
+    pub queue_capacity: u64,
 }
 
 /// What a worker tells Nimbus every `worker.heartbeat.frequency.secs`.
@@ -286,6 +299,11 @@ pub enum HeartbeatResponse {
         /// The current assignment version (may be newer than the worker's when other
         /// executors moved; the worker then re-reads its launch file).
         assignment_version: u64,
+        /// Log levels set with `squall set_log_level` that have not expired: logger
+        /// (a `tracing` target such as `squall_worker`, or `ROOT`) to level (`TRACE`,
+        /// `DEBUG`, `INFO`, `WARN`, `ERROR`, `OFF`). Empty: the worker's own defaults.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        log_levels: std::collections::BTreeMap<String, String>,
     },
     /// Nimbus knows the topology's current assignment and this worker is not part of it
     /// (killed topology, slot given away, executors moved, other epoch): stop.

@@ -586,6 +586,7 @@ fn verdict(n: &Nimbus, hb: &WorkerHeartbeat, slot: &WorkerSlot) -> HeartbeatResp
         Some(execs) if t.epoch == hb.epoch && *execs == reported => HeartbeatResponse::Assigned {
             status: t.status,
             assignment_version: t.version,
+            log_levels: Default::default(),
         },
         _ => HeartbeatResponse::NotAssigned,
     }
@@ -681,6 +682,7 @@ async fn cluster(n: &Nimbus) -> Reply {
             supervisors,
             nimbuses,
             topologies: storms.len(),
+            leader: n.known_leader(),
         },
     ))
 }

@@ -225,12 +225,14 @@ fn dead_workers_move_and_only_they_and_topologies_spread_out_again() {
             &hb,
             HeartbeatResponse::Assigned {
                 status: squall_cluster::state::TopologyStatus::Active,
-                assignment_version: moved.version
+                assignment_version: moved.version,
+                log_levels: Default::default(),
             }
         ),
         HeartbeatResponse::Assigned {
             status: squall_cluster::state::TopologyStatus::Active,
-            assignment_version: moved.version
+            assignment_version: moved.version,
+            log_levels: Default::default(),
         }
     );
     // The dead supervisor's worker is not.

@@ -503,7 +503,7 @@ impl Supervision<'_> {
             crossbeam_channel::select! {
                 recv(sigterm) -> _ => return Outcome::Stop("received SIGTERM".to_owned()),
                 recv(verdicts) -> v => match v {
-                    Ok(Some(HeartbeatResponse::Assigned { status, assignment_version })) => {
+                    Ok(Some(HeartbeatResponse::Assigned { status, assignment_version, .. })) => {
                         not_assigned_since = None;
                         let want_active = status == TopologyStatus::Active;
                         if want_active != active {
@@ -777,6 +777,7 @@ fn executor_heartbeats(runtime: &TopologyRuntime) -> Vec<ExecutorHeartbeat> {
                 complete_latency_p50_ms: lat.p50,
                 complete_latency_p99_ms: lat.p99,
                 complete_latency_max_ms: lat.max,
+                ..Default::default()
             }
         })
         .collect()

@@ -1,0 +1,1 @@
+//! TODO(issue 7): api
