@@ -18,6 +18,16 @@ use squall_api::Config;
 use squall_cluster::rpc::{nimbus_addresses, NimbusClient, RpcError};
 use squall_cluster::secret::Secret;
 
+/// Every route of the UI daemon: the REST API, `/metrics`, the pages and log search.
+pub fn router(ui: Arc<Ui>) -> axum::Router {
+    axum::Router::new()
+        .merge(api::routes())
+        .merge(prometheus::routes())
+        .merge(pages::routes())
+        .merge(logviewer::ui_routes())
+        .with_state(ui)
+}
+
 /// Why the UI or logviewer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum UiError {

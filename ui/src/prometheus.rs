@@ -1,1 +1,12 @@
-//! TODO(issue 7): prometheus
+//! `/metrics` in the Prometheus text format.
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::Ui;
+
+/// The `/metrics` route.
+pub fn routes() -> Router<Arc<Ui>> {
+    Router::new()
+}
