@@ -71,6 +71,11 @@ struct Args {
     /// Microseconds the relay bolt spends on every tuple (a deliberately slow bolt).
     #[arg(long, default_value_t = 0)]
     slow_us: u64,
+    /// The relay bolt fails every Nth id the first time it sees it, reporting an error
+    /// (0: never). The spout replays it, so every id is still acked in the end: a way to
+    /// see explicit fails, reported errors and their log lines in the UI.
+    #[arg(long, default_value_t = 0)]
+    reject_every: u64,
     /// Do not run: check the logs in this directory and print lost ids and duplicates.
     #[arg(long)]
     check: Option<PathBuf>,
@@ -194,6 +199,8 @@ impl Spout for DurableSpout {
 #[derive(Clone)]
 struct Relay {
     slow: Duration,
+    reject_every: u64,
+    rejected: std::collections::HashSet<i64>,
 }
 
 impl BasicBolt for Relay {
@@ -208,7 +215,14 @@ impl BasicBolt for Relay {
                 std::hint::spin_loop();
             }
         }
-        out.emit(values![input.get_long(0)?]);
+        let id = input.get_long(0)?;
+        if self.reject_every > 0
+            && id.unsigned_abs() % self.reject_every == 0
+            && self.rejected.insert(id)
+        {
+            return Err(format!("relay rejected id {id} on purpose (--reject-every)").into());
+        }
+        out.emit(values![id]);
         Ok(())
     }
 
@@ -315,6 +329,8 @@ fn main() -> anyhow::Result<()> {
             "relay",
             Relay {
                 slow: Duration::from_micros(args.slow_us),
+                reject_every: args.reject_every,
+                rejected: Default::default(),
             },
             args.bolts,
         )
