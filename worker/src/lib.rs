@@ -23,6 +23,7 @@ pub mod cluster_worker;
 mod emitter;
 mod executor;
 pub mod local;
+pub mod local_nimbus;
 pub mod message;
 pub mod ratelimit;
 pub mod rotating;

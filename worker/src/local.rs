@@ -28,7 +28,33 @@ use crate::WorkerError;
 /// # Ok(()) }
 /// ```
 pub struct LocalCluster {
-    topologies: Mutex<BTreeMap<String, TopologyRuntime>>,
+    shared: Arc<Shared>,
+}
+
+/// The topologies of a [`LocalCluster`], shared with its Nimbus stand-in
+/// ([`crate::local_nimbus`]).
+#[derive(Default)]
+pub(crate) struct Shared {
+    topologies: Mutex<Topologies>,
+}
+
+pub(crate) type Topologies = BTreeMap<String, LocalTopology>;
+
+/// A running local topology and what the UI shows of it.
+pub(crate) struct LocalTopology {
+    pub runtime: TopologyRuntime,
+    pub spec: squall_api::TopologySpec,
+    pub conf: Config,
+    /// Seconds since the epoch at submission.
+    pub launched: u64,
+    /// Whether its spouts were last activated (not deactivated).
+    pub active: bool,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Topologies> {
+        self.topologies.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Checks a topology name the way Nimbus does ([`squall_cluster::validate_topology_name`]).
@@ -57,13 +83,35 @@ impl LocalCluster {
     /// An empty local cluster (see the type's docs for the logging it sets up).
     pub fn new() -> Self {
         init_default_logging();
-        LocalCluster {
-            topologies: Mutex::default(),
+        let shared = Arc::new(Shared::default());
+        if let Ok(port) = std::env::var(crate::local_nimbus::LOCAL_NIMBUS_PORT_ENV) {
+            match port.parse::<u16>() {
+                Ok(port) => match crate::local_nimbus::start(&shared, port) {
+                    Ok(addr) => tracing::info!(%addr, "serving the local cluster to the UI"),
+                    Err(e) => tracing::warn!(
+                        "cannot serve the local cluster to the UI on port {port}: {e}"
+                    ),
+                },
+                Err(_) => tracing::warn!(
+                    "ignoring {}={port:?}: not a port number",
+                    crate::local_nimbus::LOCAL_NIMBUS_PORT_ENV
+                ),
+            }
         }
+        LocalCluster { shared }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, TopologyRuntime>> {
-        self.topologies.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Topologies> {
+        self.shared.lock()
+    }
+
+    /// Serves Nimbus's read API (and activate, deactivate, kill) for this cluster's
+    /// topologies on `127.0.0.1:port` (0: any free port), so the web UI can show them
+    /// (see [`crate::local_nimbus`]; `squall local --ui` does this through the
+    /// environment). Returns the bound address; serving stops when the cluster is
+    /// dropped.
+    pub fn serve_nimbus_api(&self, port: u16) -> std::io::Result<std::net::SocketAddr> {
+        crate::local_nimbus::start(&self.shared, port)
     }
 
     /// Validates and starts `topology` under `name`, active.
@@ -100,16 +148,29 @@ impl LocalCluster {
             runtime.shutdown(Duration::from_secs(10));
             return Err(WorkerError::ExecutorFailed(failure));
         }
-        topologies.insert(name.to_owned(), runtime);
+        topologies.insert(
+            name.to_owned(),
+            LocalTopology {
+                runtime,
+                spec: topology.spec().clone(),
+                conf,
+                launched,
+                active: true,
+            },
+        );
         Ok(())
     }
 
-    fn with<T>(&self, name: &str, f: impl FnOnce(&TopologyRuntime) -> T) -> Result<T, WorkerError> {
-        let topologies = self.lock();
-        let rt = topologies
-            .get(name)
+    fn with<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut LocalTopology) -> T,
+    ) -> Result<T, WorkerError> {
+        let mut topologies = self.lock();
+        let t = topologies
+            .get_mut(name)
             .ok_or_else(|| WorkerError::UnknownTopology(name.to_owned()))?;
-        Ok(f(rt))
+        Ok(f(t))
     }
 
     /// Names of the running topologies.
@@ -119,22 +180,28 @@ impl LocalCluster {
 
     /// Resumes the spouts of `name`.
     pub fn activate(&self, name: &str) -> Result<(), WorkerError> {
-        self.with(name, |rt| rt.activate())
+        self.with(name, |t| {
+            t.runtime.activate();
+            t.active = true;
+        })
     }
 
     /// Pauses the spouts of `name`.
     pub fn deactivate(&self, name: &str) -> Result<(), WorkerError> {
-        self.with(name, |rt| rt.deactivate())
+        self.with(name, |t| {
+            t.runtime.deactivate();
+            t.active = false;
+        })
     }
 
     /// Counters of `name`.
     pub fn stats(&self, name: &str) -> Result<TopologyStats, WorkerError> {
-        self.with(name, |rt| rt.stats())
+        self.with(name, |t| t.runtime.stats())
     }
 
     /// Errors reported by the tasks of `name`.
     pub fn errors(&self, name: &str) -> Result<Vec<ReportedError>, WorkerError> {
-        self.with(name, |rt| rt.errors())
+        self.with(name, |t| t.runtime.errors())
     }
 
     /// Kills `name` at once.
@@ -152,7 +219,8 @@ impl LocalCluster {
         let mut rt = self
             .lock()
             .remove(name)
-            .ok_or_else(|| WorkerError::UnknownTopology(name.to_owned()))?;
+            .ok_or_else(|| WorkerError::UnknownTopology(name.to_owned()))?
+            .runtime;
         if !wait.is_zero() {
             rt.deactivate();
             std::thread::sleep(wait);
@@ -163,9 +231,9 @@ impl LocalCluster {
 
     /// Kills every topology.
     pub fn shutdown(&self) {
-        let all: Vec<TopologyRuntime> = std::mem::take(&mut *self.lock()).into_values().collect();
-        for mut rt in all {
-            rt.shutdown(Duration::from_secs(10));
+        let all: Vec<LocalTopology> = std::mem::take(&mut *self.lock()).into_values().collect();
+        for mut t in all {
+            t.runtime.shutdown(Duration::from_secs(10));
         }
     }
 }

@@ -584,6 +584,32 @@ impl TopologyRuntime {
             .collect()
     }
 
+    /// Per-executor counters as heartbeats carry them.
+    pub fn heartbeats(&self) -> Vec<squall_cluster::state::ExecutorHeartbeat> {
+        self.executor_stats()
+            .into_iter()
+            .map(|(component, first, last, s)| {
+                let lat = s.complete_latency_ms.unwrap_or_default();
+                squall_cluster::state::ExecutorHeartbeat {
+                    component: component.to_string(),
+                    first,
+                    last,
+                    emitted: s.emitted,
+                    transferred: s.transferred,
+                    acked: s.acked,
+                    failed: s.failed,
+                    executed: s.executed,
+                    execute_latency_ms: s.execute_latency_ms,
+                    complete_latency_ms: lat.mean,
+                    complete_latency_p50_ms: lat.p50,
+                    complete_latency_p99_ms: lat.p99,
+                    complete_latency_max_ms: lat.max,
+                    ..Default::default()
+                }
+            })
+            .collect()
+    }
+
     fn spouts(&self) -> impl Iterator<Item = &ExecutorHandle> {
         self.executors
             .iter()
