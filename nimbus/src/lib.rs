@@ -27,6 +27,7 @@
 mod api;
 mod leader;
 mod liveness;
+mod loglevels;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use squall_api::{Config, TaskLayout, TopologySpec};
 use squall_cluster::config::ClusterConfig;
+use squall_cluster::metrics::Rolling;
+use squall_cluster::rpc::LogLevels;
 use squall_cluster::scheduler::{reschedule, schedule, should_spread, FreeSlots};
 use squall_cluster::secret::{Secret, SecretError};
 use squall_cluster::state::{
@@ -96,7 +99,14 @@ pub(crate) struct TopologyView {
 pub(crate) struct View {
     pub loaded: bool,
     pub topologies: HashMap<String, TopologyView>,
+    /// Log levels per topology id (`squall set_log_level`), read from ZooKeeper once per
+    /// term and topology and kept up to date by the leader, which alone changes them.
+    pub log_levels: HashMap<String, LogLevels>,
 }
+
+/// The rolling windows of every executor of one topology, by (component, first task,
+/// last task).
+pub(crate) type TopologyWindows = HashMap<(String, u32, u32), Rolling>;
 
 /// Errors reported by workers wait here for the background writer.
 const ERROR_QUEUE: usize = 1024;
@@ -117,6 +127,8 @@ pub(crate) struct Nimbus {
     pub lock: tokio::sync::Mutex<()>,
     /// Latest heartbeat per topology and worker slot.
     pub heartbeats: Mutex<Heartbeats>,
+    /// Rolling windows per topology id and executor, fed by heartbeats (leader only).
+    rolling: Mutex<HashMap<String, TopologyWindows>>,
     /// Whether this Nimbus leads now.
     leading: AtomicBool,
     /// Bumped whenever leadership starts or stops (so a view read during one term is
@@ -214,6 +226,7 @@ pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), Nimb
         dir,
         lock: tokio::sync::Mutex::new(()),
         heartbeats: Mutex::new(HashMap::new()),
+        rolling: Mutex::new(HashMap::new()),
         view: Mutex::new(View::default()),
         leading: AtomicBool::new(false),
         term: AtomicU64::new(0),
@@ -241,8 +254,7 @@ pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), Nimb
     tasks.spawn(leader::sync_as_standby(nimbus.clone(), shutdown.clone()));
     tasks.spawn(monitor_loop(nimbus.clone(), shutdown.clone()));
     tasks.spawn(write_errors(nimbus.clone(), errors_rx, shutdown.clone()));
-    let handler = api::handler(nimbus.clone());
-    squall_cluster::http::serve(listener, handler, shutdown.clone()).await;
+    squall_cluster::http::serve(listener, api::router(nimbus.clone()), shutdown.clone()).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while tasks.join_next().await.is_some() {}
@@ -393,6 +405,7 @@ impl Nimbus {
             *self.liveness.lock().unwrap_or_else(|p| p.into_inner()) =
                 Liveness::new(Instant::now());
             self.lock_heartbeats().clear();
+            self.lock_rolling().clear();
             self.term.fetch_add(1, Ordering::SeqCst);
             self.set_known_leader(Some(self.addr.clone()));
             self.leading.store(true, Ordering::SeqCst);
@@ -411,6 +424,7 @@ impl Nimbus {
         let mut view = self.lock_view();
         view.loaded = false;
         view.topologies.clear();
+        view.log_levels.clear();
     }
 
     pub fn binary_path(&self, sha: &str) -> PathBuf {
@@ -624,8 +638,11 @@ impl Nimbus {
                     self.state().remove_errors(&id).await?;
                     self.state().remove_storm(&id).await?;
                     self.state().remove_code(&id).await?;
+                    self.state().remove_log_config(&id).await?;
                     self.lock_code_cache().remove(&id);
                     self.lock_heartbeats().remove(&id);
+                    self.lock_rolling().remove(&id);
+                    self.lock_view().log_levels.remove(&id);
                     self.lock_liveness().forget_topology(&id);
                     assignments.remove(&id);
                 }
@@ -718,7 +735,7 @@ impl Nimbus {
                 return;
             }
         };
-        let topologies = storms
+        let topologies: HashMap<String, TopologyView> = storms
             .into_iter()
             .filter_map(|b| {
                 let a = assignments
@@ -745,27 +762,81 @@ impl Nimbus {
                 ))
             })
             .collect();
+        // Log levels: from ZooKeeper only for topologies this term has not seen yet.
+        let known: BTreeSet<String> = self.lock_view().log_levels.keys().cloned().collect();
+        let mut log_levels = HashMap::new();
+        for id in topologies.keys().filter(|id| !known.contains(*id)) {
+            match state.log_config::<LogLevels>(id).await {
+                Ok(l) => {
+                    log_levels.insert(id.clone(), l.unwrap_or_default());
+                }
+                Err(e) => tracing::warn!("cannot read the log levels of {id}: {e}"),
+            }
+        }
+        self.prune_windows(&assignments);
         let mut view = self.lock_view();
         if self.term.load(Ordering::SeqCst) == term && self.is_leader() {
+            // Levels set meanwhile (by this leader) are newer than what was read.
+            for (id, l) in view.log_levels.drain() {
+                log_levels.insert(id, l);
+            }
+            log_levels.retain(|id, _| topologies.contains_key(id));
             *view = View {
                 loaded: true,
                 topologies,
+                log_levels,
             };
         }
+    }
+
+    pub fn lock_rolling(&self) -> std::sync::MutexGuard<'_, HashMap<String, TopologyWindows>> {
+        self.rolling.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Feeds the counters of a heartbeat's executors to their rolling windows.
+    pub fn record_counters(&self, hb: &WorkerHeartbeat) {
+        let now = now_secs();
+        let source = format!("{}:{}", hb.host, hb.port);
+        let mut rolling = self.lock_rolling();
+        let windows = match rolling.get_mut(&hb.topology_id) {
+            Some(w) => w,
+            None => rolling.entry(hb.topology_id.clone()).or_default(),
+        };
+        for e in &hb.executors {
+            windows
+                .entry((e.component.clone(), e.first.0, e.last.0))
+                .or_default()
+                .record(now, &source, hb.uptime_secs, &e.counters);
+        }
+    }
+
+    /// Forgets the windows of topologies and executors no assignment has any more.
+    fn prune_windows(&self, assignments: &[Assignment]) {
+        let mut rolling = self.lock_rolling();
+        rolling.retain(|id, windows| {
+            let Some(a) = assignments.iter().find(|a| a.topology_id == *id) else {
+                return false;
+            };
+            windows.retain(|(component, first, last), _| {
+                a.executors
+                    .iter()
+                    .any(|e| e.first.0 == *first && e.last.0 == *last && e.component == *component)
+            });
+            true
+        });
     }
 
     pub fn lock_heartbeats(&self) -> std::sync::MutexGuard<'_, Heartbeats> {
         self.heartbeats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The live topology named `name`.
-    pub async fn find(&self, name: &str) -> Result<Option<StormBase>, StateError> {
-        Ok(self
-            .state()
-            .storms()
-            .await?
-            .into_iter()
-            .find(|b| b.name == name))
+    /// The live topology named `x`, or else the one with id `x` (names are tried first:
+    /// a name may look like an id, an id never changes).
+    pub async fn find(&self, x: &str) -> Result<Option<StormBase>, StateError> {
+        let storms = self.state().storms().await?;
+        let by_name = storms.iter().position(|b| b.name == x);
+        let found = by_name.or_else(|| storms.iter().position(|b| b.topology_id == x));
+        Ok(found.map(|i| storms[i].clone()))
     }
 
     /// The binaries of live topologies that this Nimbus does not hold.
