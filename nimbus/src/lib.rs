@@ -22,6 +22,11 @@
 //! `nimbus.monitor.freq.secs` it also detects failures (module `liveness`) and moves only the
 //! executors of dead slots ([`squall_cluster::scheduler::reschedule`]), or spreads a
 //! topology out again when it runs on fewer workers than it asked for and slots are free.
+//!
+//! **For the UI and operators** (module `api`): the leader keeps rolling windows of every
+//! executor's counters, fed by heartbeats without touching ZooKeeper, and answers them in
+//! `GET .../topologies/<name-or-id>/page`; log levels set with `squall set_log_level`
+//! (module `loglevels`) live in ZooKeeper and reach workers in their heartbeat answers.
 #![deny(missing_docs)]
 
 mod api;
@@ -38,13 +43,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use squall_api::{Config, TaskLayout, TopologySpec};
 use squall_cluster::config::ClusterConfig;
-use squall_cluster::metrics::Rolling;
+use squall_cluster::metrics::{ExecutorCounters, Rolling, StreamStats};
 use squall_cluster::rpc::LogLevels;
 use squall_cluster::scheduler::{reschedule, schedule, should_spread, FreeSlots};
 use squall_cluster::secret::{Secret, SecretError};
 use squall_cluster::state::{
-    now_secs, Assignment, ErrorInfo, NimbusSummary, StormBase, SupervisorInfo, TopologyStatus,
-    WorkerHeartbeat, WorkerSlot,
+    now_secs, Assignment, ErrorInfo, ExecutorHeartbeat, NimbusSummary, StormBase, SupervisorInfo,
+    TopologyStatus, WorkerHeartbeat, WorkerSlot,
 };
 use squall_cluster::zk::{ClusterState, StateError};
 use tokio_util::sync::CancellationToken;
@@ -797,16 +802,35 @@ impl Nimbus {
     pub fn record_counters(&self, hb: &WorkerHeartbeat) {
         let now = now_secs();
         let source = format!("{}:{}", hb.host, hb.port);
+        // Workers that report totals only (no per-stream rows): placed on the streams
+        // when that is unambiguous.
+        let legacy: Vec<Option<ExecutorCounters>> = if hb
+            .executors
+            .iter()
+            .all(|e| e.counters.outputs.is_empty() && e.counters.inputs.is_empty())
+        {
+            let code = self.lock_code_cache().get(&hb.topology_id).cloned();
+            hb.executors
+                .iter()
+                .map(|e| code.as_ref().map(|c| legacy_counters(&c.spec, e)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut rolling = self.lock_rolling();
         let windows = match rolling.get_mut(&hb.topology_id) {
             Some(w) => w,
             None => rolling.entry(hb.topology_id.clone()).or_default(),
         };
-        for e in &hb.executors {
+        for (i, e) in hb.executors.iter().enumerate() {
+            let counters = legacy
+                .get(i)
+                .and_then(Option::as_ref)
+                .unwrap_or(&e.counters);
             windows
                 .entry((e.component.clone(), e.first.0, e.last.0))
                 .or_default()
-                .record(now, &source, hb.uptime_secs, &e.counters);
+                .record(now, &source, hb.uptime_secs, counters);
         }
     }
 
@@ -852,7 +876,122 @@ impl Nimbus {
     }
 }
 
+/// Per-stream counters made from the totals of a worker that reports no per-stream rows
+/// (a worker of an earlier version): the outputs go to the component's only output
+/// stream and the inputs to its only subscription; a component with several gets none
+/// (its totals cannot be split).
+fn legacy_counters(spec: &TopologySpec, e: &ExecutorHeartbeat) -> ExecutorCounters {
+    let mut out = ExecutorCounters::default();
+    let Some(c) = spec.components.get(e.component.as_str()) else {
+        return out;
+    };
+    if let (1, Some(stream)) = (c.outputs.len(), c.outputs.keys().next()) {
+        let mut row = StreamStats {
+            stream: stream.as_str().to_owned(),
+            emitted: e.emitted,
+            transferred: e.transferred,
+            ..Default::default()
+        };
+        if c.kind == squall_api::ComponentKind::Spout {
+            // The trees rooted on the spout's stream; timeouts are also in `failed`.
+            row.acked = e.acked;
+            row.failed = e.failed.saturating_sub(e.timed_out);
+            row.timed_out = e.timed_out;
+            row.complete_us = (e.complete_latency_ms * 1e3 * e.acked as f64) as u64;
+            row.complete_samples = e.acked;
+        }
+        out.outputs.push(row);
+    }
+    if let [input] = c.inputs.as_slice() {
+        out.inputs.push(StreamStats {
+            component: Some(input.source.component.as_str().to_owned()),
+            stream: input.source.stream.as_str().to_owned(),
+            executed: e.executed,
+            acked: e.acked,
+            failed: e.failed,
+            execute_ns: (e.execute_latency_ms * 1e6 * e.executed as f64) as u64,
+            execute_samples: e.executed,
+            ..Default::default()
+        });
+    }
+    out
+}
+
 /// Whether `path` holds a complete binary.
 pub(crate) fn exists(path: &Path) -> bool {
     path.is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use squall_api::{
+        Bolt, OutputCollector, OutputFieldsDeclarer, Spout, SpoutOutputCollector, Tuple,
+    };
+
+    #[derive(Clone)]
+    struct Src;
+
+    impl Spout for Src {
+        fn next_tuple(&mut self, _: &mut SpoutOutputCollector<'_>) {}
+        fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) {
+            d.declare(["x"]);
+        }
+    }
+
+    #[derive(Clone)]
+    struct Pass;
+
+    impl Bolt for Pass {
+        fn execute(&mut self, _: Tuple, _: &mut OutputCollector<'_>) {}
+        fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) {
+            d.declare(["x"]);
+        }
+    }
+
+    #[derive(Clone)]
+    struct Two;
+
+    impl Bolt for Two {
+        fn execute(&mut self, _: Tuple, _: &mut OutputCollector<'_>) {}
+        fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) {
+            d.declare(["x"]);
+            d.declare_stream("other", ["y"]);
+        }
+    }
+
+    #[test]
+    fn totals_of_old_workers_land_on_the_only_stream() {
+        let mut b = squall_api::TopologyBuilder::new();
+        b.set_bolt("one", Pass, 1).shuffle_grouping("src");
+        b.set_bolt("two", Two, 1)
+            .shuffle_grouping("src")
+            .shuffle_grouping("one");
+        b.set_spout("src", Src, 1);
+        let spec = b.create_topology().unwrap().spec().clone();
+        let hb = |component: &str| ExecutorHeartbeat {
+            component: component.into(),
+            emitted: 10,
+            transferred: 20,
+            executed: 5,
+            acked: 4,
+            failed: 1,
+            execute_latency_ms: 2.0,
+            ..Default::default()
+        };
+        let one = legacy_counters(&spec, &hb("one"));
+        assert_eq!(one.outputs.len(), 1);
+        assert_eq!(one.outputs[0].stream, "default");
+        assert_eq!(
+            (one.outputs[0].emitted, one.outputs[0].transferred),
+            (10, 20)
+        );
+        let input = &one.inputs[0];
+        assert_eq!(input.component.as_deref(), Some("src"));
+        assert_eq!((input.executed, input.acked, input.failed), (5, 4, 1));
+        assert!((input.execute_latency_ms() - 2.0).abs() < 1e-9);
+        // Two output streams and two inputs: the totals cannot be split.
+        let two = legacy_counters(&spec, &hb("two"));
+        assert!(two.outputs.is_empty() && two.inputs.is_empty());
+    }
 }
