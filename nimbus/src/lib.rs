@@ -836,15 +836,24 @@ impl Nimbus {
 
     /// Forgets the windows of topologies and executors no assignment has any more.
     fn prune_windows(&self, assignments: &[Assignment]) {
+        let current: HashMap<&str, BTreeSet<(&str, u32, u32)>> = assignments
+            .iter()
+            .map(|a| {
+                let execs = a
+                    .executors
+                    .iter()
+                    .map(|e| (e.component.as_str(), e.first.0, e.last.0))
+                    .collect();
+                (a.topology_id.as_str(), execs)
+            })
+            .collect();
         let mut rolling = self.lock_rolling();
         rolling.retain(|id, windows| {
-            let Some(a) = assignments.iter().find(|a| a.topology_id == *id) else {
+            let Some(execs) = current.get(id.as_str()) else {
                 return false;
             };
             windows.retain(|(component, first, last), _| {
-                a.executors
-                    .iter()
-                    .any(|e| e.first.0 == *first && e.last.0 == *last && e.component == *component)
+                execs.contains(&(component.as_str(), *first, *last))
             });
             true
         });
