@@ -1,7 +1,8 @@
 //! `squall`: the command line, in the shape of Storm's `bin/storm`.
 //!
 //! The binary only parses arguments and dispatches: daemons live in their crates
-//! (`squall-nimbus`, `squall-supervisor`), submission in the topology binary itself.
+//! (`squall-nimbus`, `squall-supervisor`), submission in the topology binary itself,
+//! the operator's commands (`get-errors`, `monitor`, `set_log_level`) in `operate`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,12 +12,14 @@ use clap::{Parser, Subcommand};
 use squall_api::Config;
 use squall_cluster::config;
 use squall_cluster::rpc::{
-    nimbus_addresses, NimbusClient, RebalanceCommand, RpcError, SECRET_FILE_ENV,
+    nimbus_addresses, LogLevelRequest, NimbusClient, RebalanceCommand, RpcError, SECRET_FILE_ENV,
 };
 use squall_cluster::secret::{Secret, SECRET_FILE_KEY};
 use squall_cluster::state::RebalanceRequest;
 use squall_worker::submitter::{CONF_ENV, LAUNCH_ENV, LOCAL_TTL_ENV, NIMBUS_ENV};
 use tokio_util::sync::CancellationToken;
+
+mod operate;
 
 #[derive(Parser)]
 #[command(
@@ -90,6 +93,50 @@ enum Cmd {
         /// New parallelism of a component: `-e component=n`; repeatable.
         #[arg(short = 'e', long = "executors", value_name = "COMPONENT=N")]
         executors: Vec<String>,
+    },
+    /// Print the last error of each component of a topology.
+    #[command(name = "get-errors")]
+    GetErrors {
+        /// Topology name (or id).
+        name: String,
+        /// Print Storm's JSON (`{"Topology Name": ..., "Comp-Errors": {...}}`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a topology's throughput live, one line per interval, until Ctrl-C.
+    Monitor {
+        /// Topology name (or id).
+        name: String,
+        /// Seconds between lines.
+        #[arg(short = 'i', long = "interval", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+        interval: u64,
+        /// Only this component (default: all components summed).
+        #[arg(short = 'm', long = "component")]
+        component: Option<String>,
+        /// The output stream to count.
+        #[arg(short = 's', long = "stream", default_value = "default")]
+        stream: String,
+        /// What to count.
+        #[arg(short = 'w', long = "watch", value_enum, default_value_t = operate::Watch::Emitted)]
+        watch: operate::Watch,
+        /// Stop after this many lines.
+        #[arg(long = "count")]
+        count: Option<u64>,
+    },
+    /// Change a running topology's log levels (-l ROOT=DEBUG:30, -r ROOT).
+    ///
+    /// Prints the levels in force afterwards; without -l or -r, only prints them.
+    #[command(name = "set_log_level", visible_alias = "set-log-level")]
+    SetLogLevel {
+        /// Topology name (or id).
+        name: String,
+        /// Set a logger (ROOT or a tracing target) to TRACE, DEBUG, INFO, WARN, ERROR or
+        /// OFF, for TIMEOUT_SECS seconds when given; repeatable.
+        #[arg(short = 'l', long = "level", value_name = "LOGGER=LEVEL[:TIMEOUT_SECS]", value_parser = operate::parse_log_setting)]
+        set: Vec<(String, squall_cluster::rpc::LogLevelSetting)>,
+        /// Put a logger back to the workers' default; repeatable.
+        #[arg(short = 'r', long = "reset", value_name = "LOGGER")]
+        reset: Vec<String>,
     },
     /// Run Nimbus, the master daemon.
     Nimbus,
@@ -350,6 +397,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             with_nimbus(&conf, async |c| c.rebalance(name, &cmd).await)?;
             println!("Topology {name} is rebalancing");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::GetErrors { name, json } => {
+            let info = with_nimbus(&conf, async |c| c.info(name).await)?;
+            print!(
+                "{}",
+                operate::format_errors(&info.summary.name, &info.errors, *json)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Monitor {
+            name,
+            interval,
+            component,
+            stream,
+            watch,
+            count,
+        } => {
+            let args = operate::MonitorArgs {
+                name,
+                interval: std::time::Duration::from_secs(*interval),
+                component: component.as_deref(),
+                stream,
+                watch: *watch,
+                count: *count,
+            };
+            operate::monitor(&args, || {
+                with_nimbus(&conf, async |c| c.page(args.name).await)
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::SetLogLevel { name, set, reset } => {
+            let levels = if set.is_empty() && reset.is_empty() {
+                with_nimbus(&conf, async |c| c.log_levels(name).await)?
+            } else {
+                let req = LogLevelRequest {
+                    set: set.iter().cloned().collect(),
+                    reset: reset.clone(),
+                };
+                with_nimbus(&conf, async |c| c.set_log_levels(name, &req).await)?
+            };
+            print!("{}", operate::format_levels(name, &levels));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Nimbus => {

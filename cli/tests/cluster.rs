@@ -510,7 +510,7 @@ fn bad_submissions_are_refused_and_change_nothing() {
     let out = c.squall(&["kill", "nope"]);
     assert!(!out.status.success());
     assert!(
-        stdout(&out).contains("unknown topology 'nope'"),
+        stdout(&out).contains("no topology named or with id 'nope'"),
         "{}",
         stdout(&out)
     );

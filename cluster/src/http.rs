@@ -1,11 +1,10 @@
 //! The one HTTP server setup every Squall service uses: hyper HTTP/1.1 behind a tower
-//! stack (concurrency limit, a request-level error mapping), with graceful shutdown.
+//! stack (concurrency limit, header timeout, the peer's address), with graceful
+//! shutdown. Any tower service plugs in, an `axum::Router` included; this crate does
+//! not depend on axum (topology binaries link it).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 /// Response body type of every service.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
@@ -27,11 +26,6 @@ const MAX_CONCURRENT: usize = 256;
 /// The peer's address, in every request's extensions (for logs of refused requests).
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
-
-/// A handler: request in, response out (errors are responses too).
-pub type Handler = Arc<
-    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
->;
 
 /// A body from bytes.
 pub fn full(b: impl Into<Bytes>) -> Body {
@@ -60,15 +54,26 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     )
 }
 
-/// Serves `handler` on `listener` until `shutdown` is cancelled; then stops accepting
-/// and gives open connections up to 5 s to finish.
-pub async fn serve(listener: TcpListener, handler: Handler, shutdown: CancellationToken) {
+/// Serves `service` (an `axum::Router`, a `tower::service_fn`, ...) on `listener` until
+/// `shutdown` is cancelled; then stops accepting and gives open connections up to 5 s
+/// to finish.
+///
+/// Every service gets the same stack: at most 256 requests at once (more wait), 30 s to
+/// send the request head, and the peer's address in each request's extensions
+/// ([`PeerAddr`]).
+pub async fn serve<S, B>(listener: TcpListener, service: S, shutdown: CancellationToken)
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let svc = ServiceBuilder::new()
         .concurrency_limit(MAX_CONCURRENT)
-        .service_fn(move |req: Request<Incoming>| {
-            let h = handler.clone();
-            async move { Ok::<_, Infallible>(h(req).await) }
-        });
+        .service(service);
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {

@@ -8,6 +8,7 @@
 //! | `/nimbuses/<host:port>` | [`NimbusSummary`], ephemeral |
 //! | `/errors/<topology-id>/<component>/e<seq>` | [`ErrorInfo`], the last 10 per component |
 //! | `/code/<topology-id>` | the topology's code: its spec and submitted configuration (Nimbus's `TopologyCode`), so any Nimbus can schedule it |
+//! | `/logconfigs/<topology-id>` | the topology's log levels (`squall set_log_level`): [`LogLevels`](crate::rpc::LogLevels) |
 //! | `/topology-counter` | the last topology number handed out (plain text), updated by compare-and-set on the node's version, so ids stay unique across Nimbus daemons and restarts |
 //! | `/leader-lock/_c_<uuid>-latch-<seq>` | ephemeral-sequential, one per Nimbus candidate, holding its `host:port`; the lowest sequence leads, each other candidate watches its predecessor |
 //!
@@ -108,6 +109,7 @@ impl ClusterState {
             "nimbuses",
             "errors",
             "code",
+            "logconfigs",
             LEADER_LOCK,
         ] {
             let path = state.path(dir);
@@ -402,6 +404,24 @@ impl ClusterState {
             .await
     }
 
+    /// Stores a topology's log levels ([`LogLevels`](crate::rpc::LogLevels)).
+    pub async fn set_log_config<T: Serialize>(&self, topology_id: &str, levels: &T) -> Result<()> {
+        self.put(&self.path(&format!("logconfigs/{topology_id}")), levels)
+            .await
+    }
+
+    /// A topology's log levels (`None`: never set).
+    pub async fn log_config<T: DeserializeOwned>(&self, topology_id: &str) -> Result<Option<T>> {
+        self.get(&self.path(&format!("logconfigs/{topology_id}")))
+            .await
+    }
+
+    /// Removes a topology's log levels.
+    pub async fn remove_log_config(&self, topology_id: &str) -> Result<()> {
+        self.remove_recursive(&self.path(&format!("logconfigs/{topology_id}")))
+            .await
+    }
+
     /// The next topology number, from the versioned counter node `/topology-counter`
     /// (compare-and-set on its version), so numbers are never reused, whichever Nimbus
     /// asks.
@@ -480,10 +500,11 @@ impl ClusterState {
             .map(|(_, addr)| addr))
     }
 
-    /// Whether any node exists for this topology id (storms, assignments, errors, code).
+    /// The nodes that exist for this topology id (storms, assignments, errors, code,
+    /// logconfigs).
     pub async fn topology_nodes(&self, topology_id: &str) -> Result<Vec<String>> {
         let mut present = Vec::new();
-        for dir in ["storms", "assignments", "errors", "code"] {
+        for dir in ["storms", "assignments", "errors", "code", "logconfigs"] {
             let p = self.path(&format!("{dir}/{topology_id}"));
             match self.client.check_stat(&p).await {
                 Ok(Some(_)) => present.push(p),

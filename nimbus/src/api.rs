@@ -1,157 +1,352 @@
-//! Nimbus's RPC handlers (see `squall_cluster::rpc` for the API table).
+//! Nimbus's RPC API as an axum [`Router`] (see `squall_cluster::rpc` for the API table),
+//! served by the one tower stack of [`squall_cluster::http::serve`].
 //!
-//! Handlers return `Result<Response, Response>`: the error side is the HTTP answer.
-#![allow(clippy::result_large_err)]
+//! - The cluster secret is checked by a middleware ([`authorize`]) before any route: `401`.
+//! - Writes (and `HEAD` of a binary, which precedes an upload) take the [`Leader`]
+//!   extractor: a standby answers them `503`, naming the leader in the body and in
+//!   the `x-squall-leader` header, and the client follows.
+//! - Every error is `{"error": "..."}` ([`Refusal`]); unknown paths and methods too.
+//! - A topology is named in paths by its name or its id.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use sha2::Digest;
 use squall_api::config::keys;
-use squall_cluster::http::{error, json, read_body, Body, Handler, PeerAddr};
+use squall_cluster::http::PeerAddr;
+use squall_cluster::metrics::Window;
 use squall_cluster::rpc::{
-    decode, hex, ClusterSummary, ComponentSummary, KillRequest, NotLeader, RebalanceCommand,
-    SubmitRequest, SubmitResponse, SupervisorSummary, TopologyInfo, TopologySummary, WorkerSummary,
-    LEADER_HEADER, PREFIX,
+    hex, ApiError, ClusterSummary, ComponentSummary, ExecutorPage, KillRequest, LogLevelRequest,
+    LogLevels, NotLeader, RebalanceCommand, SubmitRequest, SubmitResponse, SupervisorSummary,
+    TopologyInfo, TopologyPage, TopologySummary, WindowCounters, WorkerSummary, LEADER_HEADER,
+    PREFIX,
 };
 use squall_cluster::secret::{AUTHORIZATION, SECRET_FILE_KEY};
 use squall_cluster::state::{
-    now_secs, HeartbeatResponse, StormBase, TopologyStatus, WorkerHeartbeat, WorkerSlot,
+    now_secs, Assignment, HeartbeatResponse, StormBase, TopologyStatus, WorkerHeartbeat, WorkerSlot,
 };
 use tokio::io::AsyncWriteExt;
 
-use crate::{exists, free_slots, Nimbus, NimbusError, TopologyCode};
+use crate::{exists, free_slots, loglevels, Nimbus, NimbusError, TopologyCode};
 
 /// JSON request bodies are small; binaries go through the upload route.
 const MAX_JSON: usize = 16 << 20;
 
-type Reply = Result<Response<Body>, Response<Body>>;
+/// A refused request: the response to send instead (`{"error": ...}` with its status).
+pub(crate) struct Refusal(Box<Response>);
 
-fn internal(e: impl std::fmt::Display) -> Response<Body> {
+impl Refusal {
+    fn new(r: Response) -> Refusal {
+        Refusal(Box::new(r))
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+type Reply = Result<Response, Refusal>;
+
+/// A JSON response.
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    (status, Json(value)).into_response()
+}
+
+/// An error answer: `{"error": message}`.
+fn error(status: StatusCode, message: impl Into<String>) -> Refusal {
+    Refusal::new(json(
+        status,
+        &ApiError {
+            error: message.into(),
+        },
+    ))
+}
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
     error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-fn bad(msg: impl Into<String>) -> Response<Body> {
+fn bad(msg: impl Into<String>) -> Refusal {
     error(StatusCode::BAD_REQUEST, msg)
 }
 
-async fn parse<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
-    let bytes = read_body(req.into_body(), MAX_JSON).await?;
+fn conflict(msg: impl Into<String>) -> Refusal {
+    error(StatusCode::CONFLICT, msg)
+}
+
+fn not_found(name: &str) -> Refusal {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no topology named or with id '{name}': `squall list` shows the running ones"),
+    )
+}
+
+fn state_err(e: impl Into<NimbusError>) -> Refusal {
+    error(StatusCode::SERVICE_UNAVAILABLE, e.into().to_string())
+}
+
+fn ok() -> Response {
+    json(StatusCode::OK, &serde_json::json!({}))
+}
+
+/// Reads a JSON body (at most [`MAX_JSON`] bytes; empty counts as `{}`).
+async fn parse<T: DeserializeOwned>(body: Body) -> Result<T, Refusal> {
+    let bytes = axum::body::to_bytes(body, MAX_JSON).await.map_err(|e| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body unreadable or over {MAX_JSON} bytes: {e}"),
+        )
+    })?;
     let bytes = if bytes.is_empty() { "{}".into() } else { bytes };
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid request body: {e}")))
 }
 
-fn ok() -> Response<Body> {
-    json(StatusCode::OK, &serde_json::json!({}))
+/// Path parameters, percent-decoded; a segment that does not decode is a `400`.
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Params<T> {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Refusal> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(Params(t)),
+            Err(e) => Err(bad(format!(
+                "invalid path {}: {}",
+                parts.uri.path(),
+                e.body_text()
+            ))),
+        }
+    }
 }
 
-pub(crate) fn handler(nimbus: Arc<Nimbus>) -> Handler {
-    Arc::new(move |req| {
-        let nimbus = nimbus.clone();
-        Box::pin(async move {
-            let method = req.method().clone();
-            let path = req.uri().path().to_owned();
-            if let Some(secret) = &nimbus.secret {
-                let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-                if !secret.check_bearer(header) {
-                    let peer = req
-                        .extensions()
-                        .get::<PeerAddr>()
-                        .map_or_else(|| "unknown".to_owned(), |p| p.0.to_string());
-                    tracing::warn!(%peer, %method, %path, "refused: no or wrong cluster secret");
-                    return error(
-                        StatusCode::UNAUTHORIZED,
-                        format!(
-                            "this cluster requires its secret: send `Authorization: Bearer <secret>` with the secret from the file named by {SECRET_FILE_KEY}"
-                        ),
-                    );
-                }
-            }
-            match route(&nimbus, req).await {
-                Ok(r) | Err(r) => {
-                    if !r.status().is_success() {
-                        tracing::info!(%method, %path, status = r.status().as_u16(), "request refused");
-                    }
-                    r
-                }
-            }
-        })
-    })
+/// Present only on the leader: a standby refuses the request with `503` naming the
+/// leader ([`not_leader`]).
+struct Leader;
+
+impl FromRequestParts<Arc<Nimbus>> for Leader {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(_: &mut Parts, n: &Arc<Nimbus>) -> Result<Self, Refusal> {
+        if n.is_leader() {
+            Ok(Leader)
+        } else {
+            Err(not_leader(n).await)
+        }
+    }
 }
 
-async fn route(n: &Arc<Nimbus>, req: Request<Incoming>) -> Reply {
-    let path = req.uri().path().to_owned();
-    let Some(rest) = path.strip_prefix(PREFIX) else {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            format!("no such endpoint: {path}"),
-        ));
-    };
-    let segs: Vec<&str> = rest.trim_matches('/').split('/').collect();
+/// Every route of Nimbus's RPC API.
+pub(crate) fn router(nimbus: Arc<Nimbus>) -> Router {
+    let topology = format!("{PREFIX}/topologies/{{name}}");
+    Router::new()
+        .route(
+            &format!("{PREFIX}/binaries/{{sha}}"),
+            put(upload).get(download).head(has_binary),
+        )
+        .route(&format!("{PREFIX}/topologies"), post(submit).get(list))
+        .route(&topology, get(info))
+        .route(&format!("{topology}/page"), get(page))
+        .route(
+            &format!("{topology}/log-levels"),
+            get(log_levels).post(set_log_levels),
+        )
+        .route(&format!("{topology}/{{action}}"), post(action))
+        .route(&format!("{PREFIX}/heartbeats"), post(heartbeat))
+        .route(&format!("{PREFIX}/cluster"), get(cluster))
+        .fallback(no_endpoint)
+        .method_not_allowed_fallback(no_endpoint)
+        .layer(from_fn_with_state(nimbus.clone(), log_refusals))
+        .layer(from_fn_with_state(nimbus.clone(), authorize))
+        .with_state(nimbus)
+}
+
+async fn no_endpoint(method: Method, uri: axum::http::Uri) -> Refusal {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
+}
+
+/// Refuses a request without the cluster secret (when one is configured): `401`.
+async fn authorize(State(n): State<Arc<Nimbus>>, req: Request, next: Next) -> Response {
+    if let Some(secret) = &n.secret {
+        let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+        if !secret.check_bearer(header) {
+            let peer = req
+                .extensions()
+                .get::<PeerAddr>()
+                .map_or_else(|| "unknown".to_owned(), |p| p.0.to_string());
+            tracing::warn!(%peer, method = %req.method(), path = %req.uri().path(), "refused: no or wrong cluster secret");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "this cluster requires its secret: send `Authorization: Bearer <secret>` with the secret from the file named by {SECRET_FILE_KEY}"
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Logs every request that is not answered with a success.
+async fn log_refusals(req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    // Writes (and HEAD of a binary, which precedes an upload) only on the leader.
-    let write = method == Method::POST
-        || method == Method::PUT
-        || (method == Method::HEAD && matches!(segs.as_slice(), ["binaries", _]));
-    if write && !n.is_leader() {
-        return Err(not_leader(n).await);
+    let path = req.uri().path().to_owned();
+    let r = next.run(req).await;
+    if !r.status().is_success() {
+        tracing::info!(%method, %path, status = r.status().as_u16(), "request refused");
     }
-    // A topology's details carry live counters, which only the leader receives: a
-    // standby sends the reader there while it knows the leader (and answers from
-    // ZooKeeper, without counters, while none is elected).
-    let live_read = method == Method::GET && matches!(segs.as_slice(), ["topologies", _]);
-    if live_read && !n.is_leader() && n.known_leader().is_some() {
-        return Err(not_leader(n).await);
+    r
+}
+
+async fn upload(
+    _: Leader,
+    State(n): State<Arc<Nimbus>>,
+    Params(sha): Params<String>,
+    body: Body,
+) -> Reply {
+    store_binary(&n, &sha, body).await
+}
+
+async fn download(State(n): State<Arc<Nimbus>>, Params(sha): Params<String>) -> Reply {
+    valid_sha(&sha)?;
+    if !n.is_leader() && !exists(&n.binary_path(&sha)) {
+        // A standby that has not copied it yet: the leader has it.
+        return Err(not_leader(&n).await);
     }
-    match (&method, segs.as_slice()) {
-        (&Method::PUT, ["binaries", sha]) => upload(n, sha, req).await,
-        (&Method::GET, ["binaries", sha]) => {
-            if !n.is_leader() && valid_sha(sha).is_ok() && !exists(&n.binary_path(sha)) {
-                // A standby that has not copied it yet: the leader has it.
-                return Err(not_leader(n).await);
-            }
-            download(n, sha).await
-        }
-        (&Method::HEAD, ["binaries", sha]) => {
-            valid_sha(sha)?;
-            if exists(&n.binary_path(sha)) {
-                Ok(ok())
-            } else {
-                Err(error(StatusCode::NOT_FOUND, format!("no binary {sha}")))
-            }
-        }
-        (&Method::POST, ["topologies"]) => submit(n, parse(req).await?).await,
-        (&Method::GET, ["topologies"]) => list(n).await,
-        (&Method::GET, ["topologies", name]) => info(n, &name_of(name)?).await,
-        (&Method::POST, ["topologies", name, action]) => {
-            let name = name_of(name)?;
-            match *action {
-                "kill" => kill(n, &name, parse(req).await?).await,
-                "activate" => set_status(n, &name, TopologyStatus::Active).await,
-                "deactivate" => set_status(n, &name, TopologyStatus::Inactive).await,
-                "rebalance" => rebalance(n, &name, parse(req).await?).await,
-                other => Err(error(
-                    StatusCode::NOT_FOUND,
-                    format!("no such action: {other}"),
-                )),
-            }
-        }
-        (&Method::POST, ["heartbeats"]) => heartbeat(n, parse(req).await?).await,
-        (&Method::GET, ["cluster"]) => cluster(n).await,
-        _ => Err(error(
+    let file = tokio::fs::File::open(n.binary_path(&sha))
+        .await
+        .map_err(|_| error(StatusCode::NOT_FOUND, format!("no binary {sha}")))?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn has_binary(_: Leader, State(n): State<Arc<Nimbus>>, Params(sha): Params<String>) -> Reply {
+    valid_sha(&sha)?;
+    if exists(&n.binary_path(&sha)) {
+        Ok(ok())
+    } else {
+        Err(error(StatusCode::NOT_FOUND, format!("no binary {sha}")))
+    }
+}
+
+async fn submit(_: Leader, State(n): State<Arc<Nimbus>>, body: Body) -> Reply {
+    submit_topology(&n, parse(body).await?).await
+}
+
+async fn list(State(n): State<Arc<Nimbus>>) -> Reply {
+    let mut out = Vec::new();
+    for base in n.state().storms().await.map_err(state_err)? {
+        out.push(summary(&n, &base).await);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(json(StatusCode::OK, &out))
+}
+
+/// A topology's details carry live counters, which only the leader receives: a standby
+/// sends the reader there while it knows the leader (and answers from ZooKeeper,
+/// without counters, while none is elected).
+async fn info(State(n): State<Arc<Nimbus>>, Params(name): Params<String>) -> Reply {
+    if !n.is_leader() && n.known_leader().is_some() {
+        return Err(not_leader(&n).await);
+    }
+    topology_info(&n, &name).await
+}
+
+async fn page(_: Leader, State(n): State<Arc<Nimbus>>, Params(name): Params<String>) -> Reply {
+    topology_page(&n, &name).await
+}
+
+async fn action(
+    _: Leader,
+    State(n): State<Arc<Nimbus>>,
+    Params((name, action)): Params<(String, String)>,
+    body: Body,
+) -> Reply {
+    match action.as_str() {
+        "kill" => kill(&n, &name, parse(body).await?).await,
+        "activate" => set_status(&n, &name, TopologyStatus::Active).await,
+        "deactivate" => set_status(&n, &name, TopologyStatus::Inactive).await,
+        "rebalance" => rebalance(&n, &name, parse(body).await?).await,
+        other => Err(error(
             StatusCode::NOT_FOUND,
-            format!("no such endpoint: {method} {path}"),
+            format!("no such action: {other}"),
         )),
     }
 }
 
+async fn heartbeat(_: Leader, State(n): State<Arc<Nimbus>>, body: Body) -> Reply {
+    record_heartbeat(&n, parse(body).await?).await
+}
+
+async fn cluster(State(n): State<Arc<Nimbus>>) -> Reply {
+    cluster_summary(&n).await
+}
+
+/// The log levels in force (any Nimbus answers, from ZooKeeper).
+async fn log_levels(State(n): State<Arc<Nimbus>>, Params(name): Params<String>) -> Reply {
+    let base = live(&n, &name).await?;
+    let levels = n
+        .state()
+        .log_config::<LogLevels>(&base.topology_id)
+        .await
+        .map_err(state_err)?
+        .unwrap_or_default();
+    Ok(json(
+        StatusCode::OK,
+        &loglevels::unexpired(&levels, now_secs()),
+    ))
+}
+
+/// Sets and resets log levels: stored in ZooKeeper, then in the heartbeat view, from
+/// which workers get them with their next heartbeat answer.
+async fn set_log_levels(
+    _: Leader,
+    State(n): State<Arc<Nimbus>>,
+    Params(name): Params<String>,
+    body: Body,
+) -> Reply {
+    let req: LogLevelRequest = parse(body).await?;
+    let _guard = n.lock.lock().await;
+    let base = live(&n, &name).await?;
+    let id = &base.topology_id;
+    let current = n
+        .state()
+        .log_config::<LogLevels>(id)
+        .await
+        .map_err(state_err)?
+        .unwrap_or_default();
+    let next = loglevels::apply(&current, &req, now_secs()).map_err(bad)?;
+    n.state()
+        .set_log_config(id, &next)
+        .await
+        .map_err(state_err)?;
+    n.lock_view().log_levels.insert(id.clone(), next.clone());
+    tracing::info!(topology = %base.name, "log levels now {:?}", next.levels);
+    Ok(json(StatusCode::OK, &next))
+}
+
 /// A standby's answer to a write: 503, naming the leader when one is known.
-async fn not_leader(n: &Nimbus) -> Response<Body> {
+async fn not_leader(n: &Nimbus) -> Refusal {
     let leader = match n.known_leader() {
         Some(l) => Some(l),
         // Not looked up yet (just started): ask ZooKeeper.
@@ -176,17 +371,13 @@ async fn not_leader(n: &Nimbus) -> Response<Body> {
             leader,
         },
     );
-    if let Ok(v) = hyper::header::HeaderValue::from_str(&header) {
+    if let Ok(v) = HeaderValue::from_str(&header) {
         resp.headers_mut().insert(LEADER_HEADER, v);
     }
-    resp
+    Refusal::new(resp)
 }
 
-fn name_of(segment: &str) -> Result<String, Response<Body>> {
-    decode(segment).ok_or_else(|| bad(format!("invalid topology name in path: {segment}")))
-}
-
-fn valid_sha(sha: &str) -> Result<(), Response<Body>> {
+fn valid_sha(sha: &str) -> Result<(), Refusal> {
     if sha.len() == 64
         && sha
             .bytes()
@@ -200,12 +391,11 @@ fn valid_sha(sha: &str) -> Result<(), Response<Body>> {
 
 /// Streams an upload to disk, checking size and SHA-256; nothing is kept unless both are
 /// right.
-async fn upload(n: &Nimbus, sha: &str, req: Request<Incoming>) -> Reply {
+async fn store_binary(n: &Nimbus, sha: &str, mut body: Body) -> Reply {
     valid_sha(sha)?;
     let dest = n.binary_path(sha);
     if exists(&dest) {
         // Already stored: read the body anyway so the client can finish sending it.
-        let mut body = req.into_body();
         while let Some(frame) = body.frame().await {
             if frame.is_err() {
                 break;
@@ -217,8 +407,7 @@ async fn upload(n: &Nimbus, sha: &str, req: Request<Incoming>) -> Reply {
     let mut file = tokio::fs::File::create(&tmp).await.map_err(internal)?;
     let mut hasher = sha2::Sha256::new();
     let mut size = 0u64;
-    let mut body = req.into_body();
-    let result: Result<(), Response<Body>> = async {
+    let result: Result<(), Refusal> = async {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| bad(format!("upload interrupted: {e}")))?;
             if let Some(data) = frame.data_ref() {
@@ -256,42 +445,15 @@ async fn upload(n: &Nimbus, sha: &str, req: Request<Incoming>) -> Reply {
     Ok(ok())
 }
 
-async fn download(n: &Nimbus, sha: &str) -> Reply {
-    valid_sha(sha)?;
-    let file = tokio::fs::File::open(n.binary_path(sha))
-        .await
-        .map_err(|_| error(StatusCode::NOT_FOUND, format!("no binary {sha}")))?;
-    Ok(Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "application/octet-stream")
-        .body(squall_cluster::http::stream_file(file))
-        .expect("valid response"))
-}
-
-fn conflict(msg: impl Into<String>) -> Response<Body> {
-    error(StatusCode::CONFLICT, msg)
-}
-
-fn not_found(name: &str) -> Response<Body> {
-    error(
-        StatusCode::NOT_FOUND,
-        format!("unknown topology '{name}': `squall list` shows the running ones"),
-    )
-}
-
-/// The live topology `name`, or a 404 naming it.
-async fn live(n: &Nimbus, name: &str) -> Result<StormBase, Response<Body>> {
-    n.find(name)
+/// The live topology named `x`, or else with id `x`; a 404 naming it otherwise.
+async fn live(n: &Nimbus, x: &str) -> Result<StormBase, Refusal> {
+    n.find(x)
         .await
         .map_err(state_err)?
-        .ok_or_else(|| not_found(name))
+        .ok_or_else(|| not_found(x))
 }
 
-fn state_err(e: impl Into<NimbusError>) -> Response<Body> {
-    error(StatusCode::SERVICE_UNAVAILABLE, e.into().to_string())
-}
-
-async fn submit(n: &Nimbus, req: SubmitRequest) -> Reply {
+async fn submit_topology(n: &Nimbus, req: SubmitRequest) -> Reply {
     squall_cluster::validate_topology_name(&req.name).map_err(bad)?;
     req.spec
         .validate()
@@ -378,16 +540,7 @@ async fn summary(n: &Nimbus, base: &StormBase) -> TopologySummary {
     }
 }
 
-async fn list(n: &Nimbus) -> Reply {
-    let mut out = Vec::new();
-    for base in n.state().storms().await.map_err(state_err)? {
-        out.push(summary(n, &base).await);
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(json(StatusCode::OK, &out))
-}
-
-async fn info(n: &Nimbus, name: &str) -> Reply {
+async fn topology_info(n: &Nimbus, name: &str) -> Reply {
     let base = live(n, name).await?;
     let summary = summary(n, &base).await;
     let assignment = n
@@ -451,26 +604,7 @@ async fn info(n: &Nimbus, name: &str) -> Reply {
             }
         }
     }
-    let now = Instant::now();
-    let workers = assignment
-        .as_ref()
-        .map(|a| {
-            a.slots()
-                .into_iter()
-                .map(|slot| {
-                    let hb = beats.get(&slot);
-                    WorkerSummary {
-                        host: a.node_host.get(&slot.node).cloned().unwrap_or_default(),
-                        num_executors: a.executors_of(&slot).len() as u32,
-                        heartbeat_age_secs: hb.map(|(t, _)| now.duration_since(*t).as_secs()),
-                        uptime_secs: hb.map_or(0, |(_, h)| h.uptime_secs),
-                        supervisor_id: slot.node,
-                        port: slot.port,
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let workers = workers(assignment.as_ref(), &beats);
     let errors = n
         .state()
         .errors(&base.topology_id)
@@ -485,6 +619,112 @@ async fn info(n: &Nimbus, name: &str) -> Reply {
             executors,
             errors,
             conf: code.map(|c| c.conf.clone()).unwrap_or_default(),
+        },
+    ))
+}
+
+/// One row per worker slot of `assignment`, with what its last heartbeat said.
+fn workers(assignment: Option<&Assignment>, beats: &Beats) -> Vec<WorkerSummary> {
+    let now = Instant::now();
+    let Some(a) = assignment else {
+        return Vec::new();
+    };
+    a.slots()
+        .into_iter()
+        .map(|slot| {
+            let hb = beats.get(&slot);
+            WorkerSummary {
+                host: a.node_host.get(&slot.node).cloned().unwrap_or_default(),
+                num_executors: a.executors_of(&slot).len() as u32,
+                heartbeat_age_secs: hb.map(|(t, _)| now.duration_since(*t).as_secs()),
+                uptime_secs: hb.map_or(0, |(_, h)| h.uptime_secs),
+                supervisor_id: slot.node,
+                port: slot.port,
+            }
+        })
+        .collect()
+}
+
+/// The last heartbeat per slot of one topology.
+type Beats = BTreeMap<WorkerSlot, (Instant, WorkerHeartbeat)>;
+
+/// Everything the UI shows of a topology: the executors of its assignment (zero
+/// counters before their first heartbeat) with their rolling windows, its workers,
+/// errors, spec, configuration and log levels.
+async fn topology_page(n: &Nimbus, name: &str) -> Reply {
+    let base = live(n, name).await?;
+    let id = &base.topology_id;
+    let summary = summary(n, &base).await;
+    let assignment = n.state().assignment(id).await.map_err(state_err)?;
+    let code = n.code(id).await;
+    let errors = n.state().errors(id).await.map_err(state_err)?;
+    let viewed = n.lock_view().log_levels.get(id).cloned();
+    let log_levels = match viewed {
+        Some(l) => l,
+        None => n
+            .state()
+            .log_config::<LogLevels>(id)
+            .await
+            .map_err(state_err)?
+            .unwrap_or_default(),
+    };
+    let beats = n.lock_heartbeats().get(id).cloned().unwrap_or_default();
+    let now = now_secs();
+    let instant = Instant::now();
+    let mut executors = Vec::new();
+    if let Some(a) = &assignment {
+        let rolling = n.lock_rolling();
+        let windows = rolling.get(id);
+        let mut placed: Vec<_> = a.executors.iter().collect();
+        placed.sort_by_key(|e| e.first);
+        for e in placed {
+            let beat = beats.get(&e.slot).and_then(|(t, hb)| {
+                hb.executors
+                    .iter()
+                    .find(|x| x.component == e.component && x.first == e.first && x.last == e.last)
+                    .map(|x| (t, hb, x))
+            });
+            let rolling = windows.and_then(|w| w.get(&(e.component.clone(), e.first.0, e.last.0)));
+            executors.push(ExecutorPage {
+                component: e.component.clone(),
+                first: e.first.0,
+                last: e.last.0,
+                host: a.node_host.get(&e.slot.node).cloned().unwrap_or_default(),
+                port: e.slot.port,
+                supervisor_id: e.slot.node.clone(),
+                uptime_secs: beat.map_or(0, |(_, hb, _)| hb.uptime_secs),
+                heartbeat_age_secs: beat.map(|(t, _, _)| instant.duration_since(*t).as_secs()),
+                windows: Window::ALL
+                    .into_iter()
+                    .map(|window| WindowCounters {
+                        window,
+                        counters: rolling.map(|r| r.window(now, window)).unwrap_or_default(),
+                    })
+                    .collect(),
+                queue_depth: beat.map_or(0, |(_, _, x)| x.queue_depth),
+                queue_capacity: beat.map_or(0, |(_, _, x)| x.queue_capacity),
+                complete_latency_p50_ms: beat.map_or(0.0, |(_, _, x)| x.complete_latency_p50_ms),
+                complete_latency_p99_ms: beat.map_or(0.0, |(_, _, x)| x.complete_latency_p99_ms),
+                complete_latency_max_ms: beat.map_or(0.0, |(_, _, x)| x.complete_latency_max_ms),
+            });
+        }
+    }
+    let (spec, conf) = code
+        .as_ref()
+        .map(|c| (c.spec.clone(), c.conf.clone()))
+        .unwrap_or_default();
+    Ok(json(
+        StatusCode::OK,
+        &TopologyPage {
+            summary,
+            msg_timeout_secs: conf.message_timeout_secs().unwrap_or(30),
+            conf,
+            spec,
+            workers: workers(assignment.as_ref(), &beats),
+            executors,
+            errors,
+            log_levels: loglevels::unexpired(&log_levels, now),
+            time_secs: now,
         },
     ))
 }
@@ -586,15 +826,20 @@ fn verdict(n: &Nimbus, hb: &WorkerHeartbeat, slot: &WorkerSlot) -> HeartbeatResp
         Some(execs) if t.epoch == hb.epoch && *execs == reported => HeartbeatResponse::Assigned {
             status: t.status,
             assignment_version: t.version,
-            log_levels: Default::default(),
+            log_levels: view
+                .log_levels
+                .get(&hb.topology_id)
+                .map(|l| loglevels::in_force(l, now_secs()))
+                .unwrap_or_default(),
         },
         _ => HeartbeatResponse::NotAssigned,
     }
 }
 
 /// Never touches ZooKeeper: errors go to a bounded queue that a background task
-/// writes (dropped and counted when full).
-async fn heartbeat(n: &Nimbus, mut hb: WorkerHeartbeat) -> Reply {
+/// writes (dropped and counted when full); the executors' counters go to their rolling
+/// windows.
+async fn record_heartbeat(n: &Nimbus, mut hb: WorkerHeartbeat) -> Reply {
     let slot = WorkerSlot {
         node: hb.supervisor_id.clone(),
         port: hb.port,
@@ -612,6 +857,7 @@ async fn heartbeat(n: &Nimbus, mut hb: WorkerHeartbeat) -> Reply {
                 }
             }
         }
+        n.record_counters(&hb);
         n.lock_heartbeats()
             .entry(hb.topology_id.clone())
             .or_default()
@@ -627,7 +873,7 @@ async fn check_slots(
     name: &str,
     base: &StormBase,
     cmd: &RebalanceCommand,
-) -> Result<(), Response<Body>> {
+) -> Result<(), Refusal> {
     let Some(code) = n.code(&base.topology_id).await else {
         return Ok(());
     };
@@ -655,7 +901,7 @@ async fn check_slots(
     Ok(())
 }
 
-async fn cluster(n: &Nimbus) -> Reply {
+async fn cluster_summary(n: &Nimbus) -> Reply {
     let supervisors = n.state().supervisors().await.map_err(state_err)?;
     let assignments = n.state().assignments().await.map_err(state_err)?;
     let storms = n.state().storms().await.map_err(state_err)?;

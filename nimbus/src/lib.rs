@@ -22,11 +22,17 @@
 //! `nimbus.monitor.freq.secs` it also detects failures (module `liveness`) and moves only the
 //! executors of dead slots ([`squall_cluster::scheduler::reschedule`]), or spreads a
 //! topology out again when it runs on fewer workers than it asked for and slots are free.
+//!
+//! **For the UI and operators** (module `api`): the leader keeps rolling windows of every
+//! executor's counters, fed by heartbeats without touching ZooKeeper, and answers them in
+//! `GET .../topologies/<name-or-id>/page`; log levels set with `squall set_log_level`
+//! (module `loglevels`) live in ZooKeeper and reach workers in their heartbeat answers.
 #![deny(missing_docs)]
 
 mod api;
 mod leader;
 mod liveness;
+mod loglevels;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -37,11 +43,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use squall_api::{Config, TaskLayout, TopologySpec};
 use squall_cluster::config::ClusterConfig;
+use squall_cluster::metrics::{ExecutorCounters, Rolling, StreamStats};
+use squall_cluster::rpc::LogLevels;
 use squall_cluster::scheduler::{reschedule, schedule, should_spread, FreeSlots};
 use squall_cluster::secret::{Secret, SecretError};
 use squall_cluster::state::{
-    now_secs, Assignment, ErrorInfo, NimbusSummary, StormBase, SupervisorInfo, TopologyStatus,
-    WorkerHeartbeat, WorkerSlot,
+    now_secs, Assignment, ErrorInfo, ExecutorHeartbeat, NimbusSummary, StormBase, SupervisorInfo,
+    TopologyStatus, WorkerHeartbeat, WorkerSlot,
 };
 use squall_cluster::zk::{ClusterState, StateError};
 use tokio_util::sync::CancellationToken;
@@ -96,7 +104,14 @@ pub(crate) struct TopologyView {
 pub(crate) struct View {
     pub loaded: bool,
     pub topologies: HashMap<String, TopologyView>,
+    /// Log levels per topology id (`squall set_log_level`), read from ZooKeeper once per
+    /// term and topology and kept up to date by the leader, which alone changes them.
+    pub log_levels: HashMap<String, LogLevels>,
 }
+
+/// The rolling windows of every executor of one topology, by (component, first task,
+/// last task).
+pub(crate) type TopologyWindows = HashMap<(String, u32, u32), Rolling>;
 
 /// Errors reported by workers wait here for the background writer.
 const ERROR_QUEUE: usize = 1024;
@@ -117,6 +132,8 @@ pub(crate) struct Nimbus {
     pub lock: tokio::sync::Mutex<()>,
     /// Latest heartbeat per topology and worker slot.
     pub heartbeats: Mutex<Heartbeats>,
+    /// Rolling windows per topology id and executor, fed by heartbeats (leader only).
+    rolling: Mutex<HashMap<String, TopologyWindows>>,
     /// Whether this Nimbus leads now.
     leading: AtomicBool,
     /// Bumped whenever leadership starts or stops (so a view read during one term is
@@ -214,6 +231,7 @@ pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), Nimb
         dir,
         lock: tokio::sync::Mutex::new(()),
         heartbeats: Mutex::new(HashMap::new()),
+        rolling: Mutex::new(HashMap::new()),
         view: Mutex::new(View::default()),
         leading: AtomicBool::new(false),
         term: AtomicU64::new(0),
@@ -241,8 +259,7 @@ pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), Nimb
     tasks.spawn(leader::sync_as_standby(nimbus.clone(), shutdown.clone()));
     tasks.spawn(monitor_loop(nimbus.clone(), shutdown.clone()));
     tasks.spawn(write_errors(nimbus.clone(), errors_rx, shutdown.clone()));
-    let handler = api::handler(nimbus.clone());
-    squall_cluster::http::serve(listener, handler, shutdown.clone()).await;
+    squall_cluster::http::serve(listener, api::router(nimbus.clone()), shutdown.clone()).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while tasks.join_next().await.is_some() {}
@@ -393,6 +410,7 @@ impl Nimbus {
             *self.liveness.lock().unwrap_or_else(|p| p.into_inner()) =
                 Liveness::new(Instant::now());
             self.lock_heartbeats().clear();
+            self.lock_rolling().clear();
             self.term.fetch_add(1, Ordering::SeqCst);
             self.set_known_leader(Some(self.addr.clone()));
             self.leading.store(true, Ordering::SeqCst);
@@ -411,6 +429,7 @@ impl Nimbus {
         let mut view = self.lock_view();
         view.loaded = false;
         view.topologies.clear();
+        view.log_levels.clear();
     }
 
     pub fn binary_path(&self, sha: &str) -> PathBuf {
@@ -624,8 +643,11 @@ impl Nimbus {
                     self.state().remove_errors(&id).await?;
                     self.state().remove_storm(&id).await?;
                     self.state().remove_code(&id).await?;
+                    self.state().remove_log_config(&id).await?;
                     self.lock_code_cache().remove(&id);
                     self.lock_heartbeats().remove(&id);
+                    self.lock_rolling().remove(&id);
+                    self.lock_view().log_levels.remove(&id);
                     self.lock_liveness().forget_topology(&id);
                     assignments.remove(&id);
                 }
@@ -718,7 +740,7 @@ impl Nimbus {
                 return;
             }
         };
-        let topologies = storms
+        let topologies: HashMap<String, TopologyView> = storms
             .into_iter()
             .filter_map(|b| {
                 let a = assignments
@@ -745,27 +767,109 @@ impl Nimbus {
                 ))
             })
             .collect();
+        // Log levels: from ZooKeeper only for topologies this term has not seen yet.
+        let known: BTreeSet<String> = self.lock_view().log_levels.keys().cloned().collect();
+        let mut log_levels = HashMap::new();
+        for id in topologies.keys().filter(|id| !known.contains(*id)) {
+            match state.log_config::<LogLevels>(id).await {
+                Ok(l) => {
+                    log_levels.insert(id.clone(), l.unwrap_or_default());
+                }
+                Err(e) => tracing::warn!("cannot read the log levels of {id}: {e}"),
+            }
+        }
+        self.prune_windows(&assignments);
         let mut view = self.lock_view();
         if self.term.load(Ordering::SeqCst) == term && self.is_leader() {
+            // Levels set meanwhile (by this leader) are newer than what was read.
+            for (id, l) in view.log_levels.drain() {
+                log_levels.insert(id, l);
+            }
+            log_levels.retain(|id, _| topologies.contains_key(id));
             *view = View {
                 loaded: true,
                 topologies,
+                log_levels,
             };
         }
+    }
+
+    pub fn lock_rolling(&self) -> std::sync::MutexGuard<'_, HashMap<String, TopologyWindows>> {
+        self.rolling.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Feeds the counters of a heartbeat's executors to their rolling windows.
+    pub fn record_counters(&self, hb: &WorkerHeartbeat) {
+        let now = now_secs();
+        let source = format!("{}:{}", hb.host, hb.port);
+        // Workers that report totals only (no per-stream rows): placed on the streams
+        // when that is unambiguous.
+        let legacy: Vec<Option<ExecutorCounters>> = if hb
+            .executors
+            .iter()
+            .all(|e| e.counters.outputs.is_empty() && e.counters.inputs.is_empty())
+        {
+            let code = self.lock_code_cache().get(&hb.topology_id).cloned();
+            hb.executors
+                .iter()
+                .map(|e| code.as_ref().map(|c| legacy_counters(&c.spec, e)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut rolling = self.lock_rolling();
+        let windows = match rolling.get_mut(&hb.topology_id) {
+            Some(w) => w,
+            None => rolling.entry(hb.topology_id.clone()).or_default(),
+        };
+        for (i, e) in hb.executors.iter().enumerate() {
+            let counters = legacy
+                .get(i)
+                .and_then(Option::as_ref)
+                .unwrap_or(&e.counters);
+            windows
+                .entry((e.component.clone(), e.first.0, e.last.0))
+                .or_default()
+                .record(now, &source, hb.uptime_secs, counters);
+        }
+    }
+
+    /// Forgets the windows of topologies and executors no assignment has any more.
+    fn prune_windows(&self, assignments: &[Assignment]) {
+        let current: HashMap<&str, BTreeSet<(&str, u32, u32)>> = assignments
+            .iter()
+            .map(|a| {
+                let execs = a
+                    .executors
+                    .iter()
+                    .map(|e| (e.component.as_str(), e.first.0, e.last.0))
+                    .collect();
+                (a.topology_id.as_str(), execs)
+            })
+            .collect();
+        let mut rolling = self.lock_rolling();
+        rolling.retain(|id, windows| {
+            let Some(execs) = current.get(id.as_str()) else {
+                return false;
+            };
+            windows.retain(|(component, first, last), _| {
+                execs.contains(&(component.as_str(), *first, *last))
+            });
+            true
+        });
     }
 
     pub fn lock_heartbeats(&self) -> std::sync::MutexGuard<'_, Heartbeats> {
         self.heartbeats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The live topology named `name`.
-    pub async fn find(&self, name: &str) -> Result<Option<StormBase>, StateError> {
-        Ok(self
-            .state()
-            .storms()
-            .await?
-            .into_iter()
-            .find(|b| b.name == name))
+    /// The live topology named `x`, or else the one with id `x` (names are tried first:
+    /// a name may look like an id, an id never changes).
+    pub async fn find(&self, x: &str) -> Result<Option<StormBase>, StateError> {
+        let storms = self.state().storms().await?;
+        let by_name = storms.iter().position(|b| b.name == x);
+        let found = by_name.or_else(|| storms.iter().position(|b| b.topology_id == x));
+        Ok(found.map(|i| storms[i].clone()))
     }
 
     /// The binaries of live topologies that this Nimbus does not hold.
@@ -781,7 +885,122 @@ impl Nimbus {
     }
 }
 
+/// Per-stream counters made from the totals of a worker that reports no per-stream rows
+/// (a worker of an earlier version): the outputs go to the component's only output
+/// stream and the inputs to its only subscription; a component with several gets none
+/// (its totals cannot be split).
+fn legacy_counters(spec: &TopologySpec, e: &ExecutorHeartbeat) -> ExecutorCounters {
+    let mut out = ExecutorCounters::default();
+    let Some(c) = spec.components.get(e.component.as_str()) else {
+        return out;
+    };
+    if let (1, Some(stream)) = (c.outputs.len(), c.outputs.keys().next()) {
+        let mut row = StreamStats {
+            stream: stream.as_str().to_owned(),
+            emitted: e.emitted,
+            transferred: e.transferred,
+            ..Default::default()
+        };
+        if c.kind == squall_api::ComponentKind::Spout {
+            // The trees rooted on the spout's stream; timeouts are also in `failed`.
+            row.acked = e.acked;
+            row.failed = e.failed.saturating_sub(e.timed_out);
+            row.timed_out = e.timed_out;
+            row.complete_us = (e.complete_latency_ms * 1e3 * e.acked as f64) as u64;
+            row.complete_samples = e.acked;
+        }
+        out.outputs.push(row);
+    }
+    if let [input] = c.inputs.as_slice() {
+        out.inputs.push(StreamStats {
+            component: Some(input.source.component.as_str().to_owned()),
+            stream: input.source.stream.as_str().to_owned(),
+            executed: e.executed,
+            acked: e.acked,
+            failed: e.failed,
+            execute_ns: (e.execute_latency_ms * 1e6 * e.executed as f64) as u64,
+            execute_samples: e.executed,
+            ..Default::default()
+        });
+    }
+    out
+}
+
 /// Whether `path` holds a complete binary.
 pub(crate) fn exists(path: &Path) -> bool {
     path.is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use squall_api::{
+        Bolt, OutputCollector, OutputFieldsDeclarer, Spout, SpoutOutputCollector, Tuple,
+    };
+
+    #[derive(Clone)]
+    struct Src;
+
+    impl Spout for Src {
+        fn next_tuple(&mut self, _: &mut SpoutOutputCollector<'_>) {}
+        fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) {
+            d.declare(["x"]);
+        }
+    }
+
+    #[derive(Clone)]
+    struct Pass;
+
+    impl Bolt for Pass {
+        fn execute(&mut self, _: Tuple, _: &mut OutputCollector<'_>) {}
+        fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) {
+            d.declare(["x"]);
+        }
+    }
+
+    #[derive(Clone)]
+    struct Two;
+
+    impl Bolt for Two {
+        fn execute(&mut self, _: Tuple, _: &mut OutputCollector<'_>) {}
+        fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) {
+            d.declare(["x"]);
+            d.declare_stream("other", ["y"]);
+        }
+    }
+
+    #[test]
+    fn totals_of_old_workers_land_on_the_only_stream() {
+        let mut b = squall_api::TopologyBuilder::new();
+        b.set_bolt("one", Pass, 1).shuffle_grouping("src");
+        b.set_bolt("two", Two, 1)
+            .shuffle_grouping("src")
+            .shuffle_grouping("one");
+        b.set_spout("src", Src, 1);
+        let spec = b.create_topology().unwrap().spec().clone();
+        let hb = |component: &str| ExecutorHeartbeat {
+            component: component.into(),
+            emitted: 10,
+            transferred: 20,
+            executed: 5,
+            acked: 4,
+            failed: 1,
+            execute_latency_ms: 2.0,
+            ..Default::default()
+        };
+        let one = legacy_counters(&spec, &hb("one"));
+        assert_eq!(one.outputs.len(), 1);
+        assert_eq!(one.outputs[0].stream, "default");
+        assert_eq!(
+            (one.outputs[0].emitted, one.outputs[0].transferred),
+            (10, 20)
+        );
+        let input = &one.inputs[0];
+        assert_eq!(input.component.as_deref(), Some("src"));
+        assert_eq!((input.executed, input.acked, input.failed), (5, 4, 1));
+        assert!((input.execute_latency_ms() - 2.0).abs() < 1e-9);
+        // Two output streams and two inputs: the totals cannot be split.
+        let two = legacy_counters(&spec, &hb("two"));
+        assert!(two.outputs.is_empty() && two.inputs.is_empty());
+    }
 }
