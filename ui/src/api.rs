@@ -605,7 +605,10 @@ fn url_host(host: &str) -> String {
 
 /// Storm's decimal strings: three places (`"0.048"`); `"0.000"` for anything not finite.
 pub fn dec(x: f64) -> String {
-    if x.is_finite() {
+    if x == 0.0 {
+        // Also -0.0, which would print as "-0.000".
+        "0.000".to_owned()
+    } else if x.is_finite() {
         format!("{x:.3}")
     } else {
         "0.000".to_owned()
@@ -647,11 +650,12 @@ pub fn executor_capacity(e: &ExecutorPage, window: Window) -> f64 {
     if secs == 0 {
         return 0.0;
     }
-    let busy_ns: f64 = counts(e, window)
+    // (A fold from +0.0: an empty float sum is -0.0.)
+    let busy_ns = counts(e, window)
         .inputs
         .iter()
         .map(|r| r.executed as f64 * mean(r.execute_ns, r.execute_samples))
-        .sum();
+        .fold(0.0, |a, b| a + b);
     busy_ns / (secs as f64 * 1e9)
 }
 

@@ -191,6 +191,9 @@ fn float(v: f64) -> String {
         "+Inf".to_owned()
     } else if v == f64::NEG_INFINITY {
         "-Inf".to_owned()
+    } else if v == 0.0 {
+        // Also -0.0.
+        "0".to_owned()
     } else {
         format!("{v}")
     }
@@ -424,10 +427,13 @@ mod tests {
     use super::*;
     use crate::api::tests::{sample_cluster, sample_page};
 
+    /// A sample: family, labels, value.
+    type Sample = (String, Vec<(String, String)>, f64);
+
     /// A small parser of the text format: every sample belongs to a family declared
     /// with HELP and TYPE before it, names and labels are well formed, values parse.
     /// Returns (family, labels, value) per sample.
-    fn parse(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+    fn parse(text: &str) -> Vec<Sample> {
         let mut helped = std::collections::HashSet::new();
         let mut typed = std::collections::HashMap::new();
         let mut samples = Vec::new();
@@ -508,11 +514,7 @@ mod tests {
         samples
     }
 
-    fn find<'a>(
-        samples: &'a [(String, Vec<(String, String)>, f64)],
-        name: &str,
-        want: &[(&str, &str)],
-    ) -> Vec<&'a (String, Vec<(String, String)>, f64)> {
+    fn find<'a>(samples: &'a [Sample], name: &str, want: &[(&str, &str)]) -> Vec<&'a Sample> {
         samples
             .iter()
             .filter(|(n, labels, _)| {
@@ -657,6 +659,7 @@ mod tests {
         assert_eq!(float(f64::NAN), "NaN");
         assert_eq!(float(f64::INFINITY), "+Inf");
         assert_eq!(float(0.25), "0.25");
+        assert_eq!(float(-0.0), "0");
         assert_eq!(float(1e21), "1000000000000000000000");
     }
 }

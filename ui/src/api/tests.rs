@@ -626,6 +626,16 @@ fn component_pages_of_a_spout_and_a_bolt() {
         ],
     );
     assert_eq!(e["encodedId"], "%5B6-6%5D");
+    let spout_exec = page
+        .executors
+        .iter()
+        .find(|e| e.component == "spout")
+        .unwrap();
+    assert_eq!(
+        executor_capacity(spout_exec, Window::AllTime).to_string(),
+        "0",
+        "no inputs: zero, not -0"
+    );
     assert_eq!(e["failed"], 8);
     assert_eq!(e["completeLatencyP50"], "1.500");
     assert_eq!(e["uptime"], "2h 0m 0s");
@@ -896,6 +906,7 @@ fn decimals_have_three_places() {
     assert_eq!(dec(0.0484), "0.048");
     assert_eq!(dec(12.0), "12.000");
     assert_eq!(dec(f64::NAN), "0.000");
+    assert_eq!(dec(-0.0), "0.000");
     assert_eq!(dec(f64::INFINITY), "0.000");
 }
 
