@@ -1,8 +1,8 @@
 //! `squall`: the command line, in the shape of Storm's `bin/storm`.
 //!
 //! The binary only parses arguments and dispatches: daemons live in their crates
-//! (`squall-nimbus`, `squall-supervisor`), submission in the topology binary itself,
-//! the operator's commands (`get-errors`, `monitor`, `set_log_level`) in `operate`.
+//! (`squall-nimbus`, `squall-supervisor`, `squall-ui`), submission in the topology binary
+//! itself, the operator's commands (`get-errors`, `monitor`, `set_log_level`) in `operate`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -142,6 +142,8 @@ enum Cmd {
     Nimbus,
     /// Run a supervisor on this machine.
     Supervisor,
+    /// Run the web UI with Storm's REST API and Prometheus `/metrics` (ui.host:ui.port).
+    Ui,
     /// Run a development ZooKeeper (data in dev.zookeeper.path, port storm.zookeeper.port).
     DevZookeeper,
     /// Print the version.
@@ -449,6 +451,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging("info");
             run_daemon(conf, squall_supervisor::start)
         }
+        Cmd::Ui => {
+            init_logging("info");
+            run_daemon(conf, squall_ui::start)
+        }
         Cmd::DevZookeeper => {
             squall_cluster::dev_zookeeper::run_dev_zookeeper(&conf)?;
             Ok(ExitCode::SUCCESS)
@@ -490,7 +496,7 @@ fn hoist_config_flags(args: Vec<String>) -> Vec<String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(hoist_config_flags(std::env::args().collect()));
-    if !matches!(cli.cmd, Cmd::Nimbus | Cmd::Supervisor) {
+    if !matches!(cli.cmd, Cmd::Nimbus | Cmd::Supervisor | Cmd::Ui) {
         init_logging("warn");
     }
     match run(cli) {

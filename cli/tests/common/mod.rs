@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod ui;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
