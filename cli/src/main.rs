@@ -95,6 +95,8 @@ enum Cmd {
     Nimbus,
     /// Run a supervisor on this machine.
     Supervisor,
+    /// Serve this machine's worker logs (`logviewer.host`:`logviewer.port`).
+    Logviewer,
     /// Run a development ZooKeeper (data in dev.zookeeper.path, port storm.zookeeper.port).
     DevZookeeper,
     /// Print the version.
@@ -360,6 +362,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging("info");
             run_daemon(conf, squall_supervisor::start)
         }
+        Cmd::Logviewer => {
+            init_logging("info");
+            run_daemon(conf, squall_ui::logviewer::start)
+        }
         Cmd::DevZookeeper => {
             squall_cluster::dev_zookeeper::run_dev_zookeeper(&conf)?;
             Ok(ExitCode::SUCCESS)
@@ -401,7 +407,7 @@ fn hoist_config_flags(args: Vec<String>) -> Vec<String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(hoist_config_flags(std::env::args().collect()));
-    if !matches!(cli.cmd, Cmd::Nimbus | Cmd::Supervisor) {
+    if !matches!(cli.cmd, Cmd::Nimbus | Cmd::Supervisor | Cmd::Logviewer) {
         init_logging("warn");
     }
     match run(cli) {
