@@ -174,7 +174,7 @@
     ]));
     put("nimbus-summary", table([
       { h: "Host", k: "host" },
-      { h: "Port", k: "port", n: true },
+      { h: "Port", k: "port", n: true, f: (r) => esc(r.port) },
       { h: "Status", k: "status", f: (r) => badge(r.status) },
       { h: "Uptime", k: "nimbusUpTime" },
       { h: "Version", k: "version" },
@@ -278,7 +278,7 @@
     ]), t.bolts || [], { id: "bolts-table", rowClass: (r) => (r.throttling ? "throttling" : "") }));
     put("workers", table([
       { h: "Host", k: "host" },
-      { h: "Port", k: "port", n: true },
+      { h: "Port", k: "port", n: true, f: (r) => esc(r.port) },
       { h: "Supervisor", k: "supervisorId", f: (r) => '<span class="mono">' + esc(r.supervisorId) + "</span>" },
       { h: "Executors", k: "executorsTotal", n: true },
       { h: "Uptime", k: "uptime" },
@@ -288,7 +288,7 @@
       { h: "Component", k: "component" },
       { h: "Executor", k: "id" },
       { h: "Host", k: "host" },
-      { h: "Port", k: "port", n: true },
+      { h: "Port", k: "port", n: true, f: (r) => esc(r.port) },
       { h: "Supervisor", k: "supervisorId", f: (r) => '<span class="mono">' + esc(r.supervisorId) + "</span>" },
       { h: "Log", f: (r) => extLink(r.workerLogLink, "worker.log") },
     ], t.executorPlacement || [], { id: "placement-table", empty: "No executors placed." }));
@@ -327,7 +327,7 @@
     g.setGraph({ rankdir: "LR", nodesep: 28, ranksep: 90, edgesep: 14, marginx: 12, marginy: 12 });
     g.setDefaultEdgeLabel(() => ({}));
     const ids = Object.keys(vis).sort();
-    for (const id of ids) g.setNode(id, { width: Math.max(110, textWidth(id, 7.6) + 28), height: 48 });
+    for (const id of ids) g.setNode(id, { width: Math.max(176, textWidth(id, 7.6) + 28), height: 48 });
     const edges = [];
     for (const id of ids) {
       for (const inp of vis[id][":inputs"] || []) {
@@ -482,7 +482,7 @@
     const errs = (r.errors || []).map((e) => '<p class="failed">' + esc(e.host) + ": " + esc(e.error) + "</p>").join("");
     put("logsearch-results", errs + table([
       { h: "Host", k: "host" },
-      { h: "Port", k: "port", n: true },
+      { h: "Port", k: "port", n: true, f: (r) => esc(r.port) },
       { h: "File", k: "file", f: (m) => '<span class="mono">' + esc(m.file) + "</span>" },
       { h: "Line", k: "line", n: true },
       { h: "Text", k: "text", f: (m) => extLink(m.link, m.text) },
@@ -585,7 +585,7 @@
     put("errors", table([
       { h: "Time", k: "errorTime", f: (r) => when(r.errorTime) },
       { h: "Host", k: "errorHost" },
-      { h: "Port", k: "errorPort", n: true },
+      { h: "Port", k: "errorPort", n: true, f: (r) => esc(r.errorPort) },
       { h: "Error", k: "error", f: (r) => '<pre class="error-text">' + esc(r.error) + "</pre>" },
       { h: "Worker log", k: "errorWorkerLogLink", f: (r) => extLink(r.errorWorkerLogLink, "log at the error") },
     ], errors, { id: "errors-table", empty: "No errors reported." }));
