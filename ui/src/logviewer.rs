@@ -63,6 +63,10 @@ const DEFAULT_MATCHES: usize = 10;
 const MAX_MATCHES: usize = 1000;
 /// Rotated files (`worker.log.N`) looked at, at most.
 const MAX_ROTATED: u32 = 100;
+/// Requests served at once; more wait.
+const MAX_CONCURRENT: usize = 256;
+/// How long open connections get to finish once the logviewer stops.
+const DRAIN: Duration = Duration::from_secs(5);
 /// How long the UI waits for one host's logviewer.
 const FAN_OUT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -87,24 +91,19 @@ pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), UiEr
         source,
     })?;
     tracing::info!(root = %root.display(), "logviewer listening on http://{local}");
-    squall_cluster::http::serve(listener, handler(routes(root)), shutdown).await;
-    Ok(())
-}
-
-/// An axum router as the one server setup every Squall service shares
-/// ([`squall_cluster::http::serve`]).
-pub fn handler(router: Router) -> squall_cluster::http::Handler {
-    use tower::ServiceExt;
-    Arc::new(move |req| {
-        let router = router.clone();
-        Box::pin(async move {
-            let resp = match router.oneshot(req).await {
-                Ok(r) => r,
-                Err(never) => match never {},
-            };
-            resp.map(|b| b.map_err(std::io::Error::other).boxed_unsync())
-        })
-    })
+    let app = routes(root).layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+        MAX_CONCURRENT,
+    ));
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tokio::select! {
+        r = server => r.map_err(|source| UiError::Bind { addr, source }),
+        // Downloads still running after the drain are cut.
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN).await;
+        } => Ok(()),
+    }
 }
 
 /// The logviewer's routes, serving the files under `root` (the `workers-artifacts`
