@@ -581,7 +581,7 @@
       { h: "Log", f: (r) => extLink(r.workerLogLink, "worker.log") },
     ]);
     put("executor-stats", table(execCols, c.executorStats || [], { id: "executor-stats-table", rowClass: (r) => (r.throttling ? "throttling" : "") }));
-    const errors = (c.componentErrors || []).slice().reverse(); // newest first
+    const errors = (c.componentErrors || []).slice().sort((x, y) => (Number(y.errorTime) || 0) - (Number(x.errorTime) || 0)); // newest first
     put("errors", table([
       { h: "Time", k: "errorTime", f: (r) => when(r.errorTime) },
       { h: "Host", k: "errorHost" },

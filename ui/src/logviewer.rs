@@ -560,6 +560,33 @@ pub fn escape_html(s: &str) -> String {
     out
 }
 
+/// Drops terminal colour codes (`ESC [ ... letter`) a worker may have written.
+fn strip_ansi(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains('\u{1b}') {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+/// Log bytes as HTML text: decoded, colour codes dropped, escaped.
+fn log_html(bytes: &[u8]) -> String {
+    escape_html(&strip_ansi(&String::from_utf8_lossy(bytes)))
+}
+
 fn render_page(v: &PageView) -> String {
     let f = encode(&v.file);
     let link = |start: u64| {
@@ -593,13 +620,13 @@ fn render_page(v: &PageView) -> String {
         Some((hs, he)) if hs < end && he >= v.start => {
             let a = (hs.max(v.start) - v.start) as usize;
             let b = (he.min(end) - v.start) as usize;
-            text.push_str(&escape_html(&String::from_utf8_lossy(&v.bytes[..a])));
+            text.push_str(&log_html(&v.bytes[..a]));
             text.push_str("<mark id=\"match\" class=\"match\">");
-            text.push_str(&escape_html(&String::from_utf8_lossy(&v.bytes[a..b])));
+            text.push_str(&log_html(&v.bytes[a..b]));
             text.push_str("</mark>");
-            text.push_str(&escape_html(&String::from_utf8_lossy(&v.bytes[b..])));
+            text.push_str(&log_html(&v.bytes[b..]));
         }
-        _ => text.push_str(&escape_html(&String::from_utf8_lossy(&v.bytes))),
+        _ => text.push_str(&log_html(&v.bytes)),
     }
     let note = v
         .note
@@ -1250,6 +1277,13 @@ mod tests {
         assert_eq!(search_last(&p2, b"line").unwrap(), Some((0, 9)));
         let (s, e) = line_around(&p, last.unwrap().0 + 4).unwrap();
         assert_eq!((s, e), last.unwrap());
+    }
+
+    #[test]
+    fn colour_codes_are_dropped_from_pages() {
+        let line = "\u{1b}[2m2024\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m boom <x>";
+        assert_eq!(log_html(line.as_bytes()), "2024 ERROR boom &lt;x&gt;");
+        assert_eq!(strip_ansi("plain"), "plain");
     }
 
     #[test]
