@@ -144,6 +144,8 @@ enum Cmd {
     Supervisor,
     /// Run the web UI with Storm's REST API and Prometheus `/metrics` (ui.host:ui.port).
     Ui,
+    /// Serve this machine's worker logs (`logviewer.host`:`logviewer.port`).
+    Logviewer,
     /// Run a development ZooKeeper (data in dev.zookeeper.path, port storm.zookeeper.port).
     DevZookeeper,
     /// Print the version.
@@ -455,6 +457,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging("info");
             run_daemon(conf, squall_ui::start)
         }
+        Cmd::Logviewer => {
+            init_logging("info");
+            run_daemon(conf, squall_ui::logviewer::start)
+        }
         Cmd::DevZookeeper => {
             squall_cluster::dev_zookeeper::run_dev_zookeeper(&conf)?;
             Ok(ExitCode::SUCCESS)
@@ -496,7 +502,10 @@ fn hoist_config_flags(args: Vec<String>) -> Vec<String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(hoist_config_flags(std::env::args().collect()));
-    if !matches!(cli.cmd, Cmd::Nimbus | Cmd::Supervisor | Cmd::Ui) {
+    if !matches!(
+        cli.cmd,
+        Cmd::Nimbus | Cmd::Supervisor | Cmd::Ui | Cmd::Logviewer
+    ) {
         init_logging("warn");
     }
     match run(cli) {
