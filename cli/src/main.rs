@@ -11,11 +11,13 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use squall_api::Config;
 use squall_cluster::config;
+use squall_cluster::config::keys;
 use squall_cluster::rpc::{
     nimbus_addresses, LogLevelRequest, NimbusClient, RebalanceCommand, RpcError, SECRET_FILE_ENV,
 };
 use squall_cluster::secret::{Secret, SECRET_FILE_KEY};
 use squall_cluster::state::RebalanceRequest;
+use squall_worker::local_nimbus::LOCAL_NIMBUS_PORT_ENV;
 use squall_worker::submitter::{CONF_ENV, LAUNCH_ENV, LOCAL_TTL_ENV, NIMBUS_ENV};
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +56,10 @@ enum Cmd {
         /// Seconds to run before killing the topology.
         #[arg(long = "local-ttl", default_value_t = 20.0)]
         local_ttl: f64,
+        /// Serve the web UI (on `ui.port`, 8080 unless `-c ui.port=N`) for the local
+        /// topology while it runs.
+        #[arg(long)]
+        ui: bool,
         /// The topology binary.
         binary: PathBuf,
         /// Its arguments.
@@ -233,6 +239,56 @@ fn with_nimbus<T>(
     }
 }
 
+/// The web UI of `squall local --ui`: a UI daemon on this process's own runtime that reads
+/// the topology binary's local cluster through the Nimbus API its `LocalCluster` serves
+/// on a loopback port (named to it by [`LOCAL_NIMBUS_PORT_ENV`]). Stops when dropped.
+struct LocalUi {
+    token: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LocalUi {
+    fn start(conf: &Config, envs: &mut Vec<(&'static str, String)>) -> anyhow::Result<LocalUi> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("cannot find a free loopback port for the local cluster's API")?
+            .port();
+        envs.push((LOCAL_NIMBUS_PORT_ENV, port.to_string()));
+        let mut ui_conf = conf.clone();
+        ui_conf.set(keys::NIMBUS_SEEDS, format!("127.0.0.1:{port}"));
+        // The local cluster's API is on loopback and has no secret.
+        ui_conf.remove(SECRET_FILE_KEY);
+        use squall_cluster::config::ClusterConfig;
+        match ui_conf.ui_port()? {
+            0 => eprintln!("Web UI: on a free port (see the log line 'UI listening on')"),
+            p => eprintln!("Web UI: http://localhost:{p}/ while the topology runs"),
+        }
+        let rt = runtime()?;
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let thread = std::thread::Builder::new()
+            .name("squall-local-ui".into())
+            .spawn(move || {
+                if let Err(e) = rt.block_on(squall_ui::start(ui_conf, stop)) {
+                    eprintln!("error: the web UI stopped: {}", one_line(&e.into()));
+                }
+            })?;
+        Ok(LocalUi {
+            token,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for LocalUi {
+    fn drop(&mut self) {
+        self.token.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn run_binary(binary: &Path, args: &[String], envs: &[(&str, String)]) -> anyhow::Result<ExitCode> {
     if !binary.is_file() {
         bail!("topology binary {} does not exist", binary.display());
@@ -318,17 +374,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Local {
             local_ttl,
+            ui,
             binary,
             args,
-        } => run_binary(
-            binary,
-            args,
-            &[
+        } => {
+            let mut envs = vec![
                 (LAUNCH_ENV, "local".into()),
                 (LOCAL_TTL_ENV, local_ttl.to_string()),
                 (CONF_ENV, overrides_json(&cli)?),
-            ],
-        ),
+            ];
+            if !*ui {
+                return run_binary(binary, args, &envs);
+            }
+            let _ui = LocalUi::start(&conf, &mut envs)?;
+            run_binary(binary, args, &envs)
+        }
         Cmd::List => {
             let list = with_nimbus(&conf, async |c| c.list().await)?;
             if list.is_empty() {
