@@ -4,6 +4,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use smallvec::SmallVec;
 
@@ -132,6 +133,8 @@ pub struct Tuple {
     source_task: TaskId,
     anchors: Anchors,
     ack_val: Cell<u64>,
+    /// When the executor took this tuple in, for tuples sampled for process latency.
+    sampled_at: Option<Instant>,
 }
 
 impl Tuple {
@@ -144,6 +147,7 @@ impl Tuple {
             source_task,
             anchors: Anchors::none(),
             ack_val: Cell::new(0),
+            sampled_at: None,
         }
     }
 
@@ -269,6 +273,18 @@ impl Tuple {
     /// tuple anchored to this one).
     pub fn xor_ack_val(&self, edge: u64) {
         self.ack_val.set(self.ack_val.get() ^ edge);
+    }
+
+    /// Marks the tuple as sampled for process latency, received at `at` (used by the
+    /// runtime: the time from `at` to the tuple's ack is Storm's process latency).
+    pub fn with_sampled_at(mut self, at: Instant) -> Self {
+        self.sampled_at = Some(at);
+        self
+    }
+
+    /// When the runtime took the tuple in, if it was sampled for process latency.
+    pub fn sampled_at(&self) -> Option<Instant> {
+        self.sampled_at
     }
 }
 

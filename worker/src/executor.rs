@@ -349,16 +349,33 @@ pub(crate) fn run_bolt(
         |core: &mut ExecutorCore, bolts: &mut [Box<dyn Bolt>], index: usize, tuple: Tuple| {
             core.set_task(index);
             let roots = (!tuple.anchors().is_empty()).then(|| tuple.anchors().clone());
+            let stream = tuple.schema().index;
+            let row = core.emitter.input_rows.row(stream);
             sample = sample.wrapping_add(1);
             let start = (sample % SAMPLE_EVERY == 0).then(Instant::now);
+            // A sampled tuple carries its receipt time to its ack (process latency).
+            let tuple = match start {
+                Some(at) => tuple.with_sampled_at(at),
+                None => tuple,
+            };
             let bolt = &mut bolts[index];
             let result = catch_unwind(AssertUnwindSafe(|| {
                 bolt.execute(tuple, &mut OutputCollector::new(&mut core.emitter))
             }));
-            core.emitter.stats.executed += 1;
-            if let Some(start) = start {
-                core.emitter.stats.execute_ns += start.elapsed().as_nanos() as u64;
-                core.emitter.stats.execute_samples += 1;
+            let stats = &mut core.emitter.stats;
+            stats.executed += 1;
+            let elapsed = start.map(|s| s.elapsed().as_nanos() as u64);
+            if let Some(ns) = elapsed {
+                stats.execute_ns += ns;
+                stats.execute_samples += 1;
+            }
+            if let Some(r) = row {
+                let row = &mut stats.inputs[r];
+                row.executed += 1;
+                if let Some(ns) = elapsed {
+                    row.execute_ns += ns;
+                    row.execute_samples += 1;
+                }
             }
             if let Err(p) = result {
                 let msg = take_panic_message(p);
@@ -367,7 +384,7 @@ pub(crate) fn run_bolt(
                 "bolt '{component}' task {task} panicked in execute: {msg}; failing the input tuple"
             ));
                 if let Some(roots) = roots {
-                    core.emitter.stats.failed += 1;
+                    core.emitter.count_failed(stream);
                     core.emitter.fail_roots(&roots);
                 }
             }
@@ -443,14 +460,15 @@ pub(crate) fn run_acker(mut core: ExecutorCore) {
             Ok(Packet::Batch(batch)) => {
                 core.emitter.stats.executed += batch.len() as u64;
                 for env in batch {
-                    let outcome = match env.msg {
+                    // The input rows of an acker: 0 ack-init, 1 ack, 2 fail.
+                    let (row, outcome) = match env.msg {
                         Msg::AckInit {
                             root,
                             val,
                             spout_task,
-                        } => state.init(root, val, spout_task),
-                        Msg::Ack { root, val } => state.ack(root, val),
-                        Msg::Fail { root } => state.fail(root),
+                        } => (0, state.init(root, val, spout_task)),
+                        Msg::Ack { root, val } => (1, state.ack(root, val)),
+                        Msg::Fail { root } => (2, state.fail(root)),
                         other => {
                             if let Some(suppressed) = ACKER_UNEXPECTED.allow() {
                                 tracing::warn!(
@@ -458,16 +476,20 @@ pub(crate) fn run_acker(mut core: ExecutorCore) {
                                     "acker ignoring unexpected message {other:?}"
                                 );
                             }
-                            None
+                            continue;
                         }
                     };
+                    let stats = &mut core.emitter.stats;
+                    stats.inputs[row].executed += 1;
                     match outcome {
                         Some(AckerOutcome::Ack { root, spout_task }) => {
-                            core.emitter.stats.acked += 1;
+                            stats.acked += 1;
+                            stats.inputs[row].acked += 1;
                             core.emitter.send(spout_task, Msg::TreeAcked { root });
                         }
                         Some(AckerOutcome::Fail { root, spout_task }) => {
-                            core.emitter.stats.failed += 1;
+                            stats.failed += 1;
+                            stats.inputs[row].failed += 1;
                             core.emitter.send(spout_task, Msg::TreeFailed { root });
                         }
                         None => {}
@@ -576,13 +598,19 @@ impl SpoutLoop {
             return;
         };
         tracking.pending_per_task[p.task_index] -= 1;
+        let stats = &mut self.core.emitter.stats;
+        let row = &mut stats.outputs[p.stream as usize];
         if acked {
             let us = p.start.elapsed().as_micros() as u64;
             let _ = self.latency.record(us.max(1));
-            self.core.emitter.stats.acked += 1;
+            stats.acked += 1;
+            row.acked += 1;
+            row.complete_us += us;
+            row.complete_samples += 1;
             self.call(p.task_index, "ack", |s, _| s.ack(p.msg_id));
         } else {
-            self.core.emitter.stats.failed += 1;
+            stats.failed += 1;
+            row.failed += 1;
             self.call(p.task_index, "fail", |s, _| s.fail(p.msg_id));
         }
     }
@@ -592,9 +620,13 @@ impl SpoutLoop {
         if tracking.immediate_acks.is_empty() {
             return;
         }
-        let acks: Vec<(usize, Value)> = std::mem::take(&mut tracking.immediate_acks);
-        self.core.emitter.stats.acked += acks.len() as u64;
-        for (index, msg_id) in acks {
+        let acks: Vec<(usize, u32, Value)> = std::mem::take(&mut tracking.immediate_acks);
+        let stats = &mut self.core.emitter.stats;
+        stats.acked += acks.len() as u64;
+        for (_, stream, _) in &acks {
+            stats.outputs[*stream as usize].acked += 1;
+        }
+        for (index, _, msg_id) in acks {
             self.call(index, "ack", |s, _| s.ack(msg_id));
         }
     }
@@ -602,12 +634,14 @@ impl SpoutLoop {
     fn time_out(&mut self) {
         let tracking = self.core.emitter.spout.as_mut().expect("spout tracking");
         let expired = tracking.pending.rotate();
+        let stats = &mut self.core.emitter.stats;
         for p in expired.values() {
             tracking.pending_per_task[p.task_index] -= 1;
+            stats.outputs[p.stream as usize].timed_out += 1;
         }
         let n = expired.len() as u64;
-        self.core.emitter.stats.failed += n;
-        self.core.emitter.stats.timed_out += n;
+        stats.failed += n;
+        stats.timed_out += n;
         for (_, p) in expired {
             self.call(p.task_index, "fail", |s, _| s.fail(p.msg_id));
         }

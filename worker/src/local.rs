@@ -42,16 +42,7 @@ impl Default for LocalCluster {
     }
 }
 
-/// Installs a `tracing` subscriber writing to stderr at `warn` level (or as `RUST_LOG`
-/// says), unless the program installed one already.
-pub fn init_default_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
+pub use crate::logging::init_default_logging;
 
 impl LocalCluster {
     /// An empty local cluster (see the type's docs for the logging it sets up).
@@ -130,6 +121,15 @@ impl LocalCluster {
     /// Counters of `name`.
     pub fn stats(&self, name: &str) -> Result<TopologyStats, WorkerError> {
         self.with(name, |rt| rt.stats())
+    }
+
+    /// Per-executor counters of `name`, exactly as a worker reports them to Nimbus
+    /// ([`TopologyRuntime::heartbeats`]: totals, per-stream rows, backpressure).
+    pub fn heartbeats(
+        &self,
+        name: &str,
+    ) -> Result<Vec<squall_cluster::state::ExecutorHeartbeat>, WorkerError> {
+        self.with(name, |rt| rt.heartbeats())
     }
 
     /// Errors reported by the tasks of `name`.

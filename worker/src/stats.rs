@@ -1,12 +1,13 @@
 //! Executor statistics, written by executors and read by reports and the UI.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use squall_api::{ComponentId, TaskId};
+use squall_cluster::metrics::StreamStats;
 
 /// Counters of one executor. Executors add their local counts in bulk (once per batch),
 /// so the tuple path touches no shared cache line.
@@ -37,10 +38,26 @@ pub struct ExecutorStats {
     /// ordering) after `pending`, so a reader that sees its request handled also sees a
     /// pending count that can only go down from then on.
     pub deactivations: AtomicU64,
+    /// Per output stream, in the order of the executor's routes (its declared streams,
+    /// sorted by name).
+    pub outputs: Box<[SharedRow]>,
+    /// Per input row (see [`InputRows`]).
+    pub inputs: Box<[SharedRow]>,
+    /// Nanoseconds producers spent blocked on this executor's full receive queue, added
+    /// by the producers themselves (only when a send found the queue full).
+    pub blocked_ns: Arc<AtomicU64>,
 }
 
 impl Default for ExecutorStats {
     fn default() -> Self {
+        ExecutorStats::new(0, 0, Arc::default())
+    }
+}
+
+impl ExecutorStats {
+    /// Stats with `outputs` output rows and `inputs` input rows; producers blocked on
+    /// the executor's queue add to `blocked_ns`.
+    pub fn new(outputs: usize, inputs: usize, blocked_ns: Arc<AtomicU64>) -> Self {
         ExecutorStats {
             emitted: AtomicU64::new(0),
             transferred: AtomicU64::new(0),
@@ -53,6 +70,9 @@ impl Default for ExecutorStats {
             complete_latency_us: Mutex::new(new_histogram()),
             pending: AtomicU64::new(0),
             deactivations: AtomicU64::new(0),
+            outputs: (0..outputs).map(|_| SharedRow::default()).collect(),
+            inputs: (0..inputs).map(|_| SharedRow::default()).collect(),
+            blocked_ns,
         }
     }
 }
@@ -60,6 +80,193 @@ impl Default for ExecutorStats {
 /// A latency histogram from 1 µs to 1 hour at 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The counters of one stream of one executor, executor-local (plain integers, bumped
+/// on the tuple path). The fields mean what [`StreamStats`]'s do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Row {
+    /// Emits on the stream.
+    pub emitted: u64,
+    /// Tuples sent to tasks.
+    pub transferred: u64,
+    /// Trees (spout outputs) or tuples (bolt inputs) acked.
+    pub acked: u64,
+    /// Explicit fails.
+    pub failed: u64,
+    /// Spout trees timed out.
+    pub timed_out: u64,
+    /// Tuples executed.
+    pub executed: u64,
+    /// Sampled execute time, ns.
+    pub execute_ns: u64,
+    /// Execute-time samples.
+    pub execute_samples: u64,
+    /// Sampled process latency (receipt to ack), ns.
+    pub process_ns: u64,
+    /// Process-latency samples.
+    pub process_samples: u64,
+    /// Complete latency (spout emit to tree acked), µs.
+    pub complete_us: u64,
+    /// Complete-latency samples.
+    pub complete_samples: u64,
+}
+
+const ROW_FIELDS: usize = 12;
+
+impl Row {
+    fn fields_mut(&mut self) -> [&mut u64; ROW_FIELDS] {
+        [
+            &mut self.emitted,
+            &mut self.transferred,
+            &mut self.acked,
+            &mut self.failed,
+            &mut self.timed_out,
+            &mut self.executed,
+            &mut self.execute_ns,
+            &mut self.execute_samples,
+            &mut self.process_ns,
+            &mut self.process_samples,
+            &mut self.complete_us,
+            &mut self.complete_samples,
+        ]
+    }
+
+    /// Adds the counts to `to` and zeroes them.
+    fn publish(&mut self, to: &SharedRow) {
+        if *self == Row::default() {
+            return;
+        }
+        for (local, shared) in self.fields_mut().into_iter().zip(&to.0) {
+            if *local != 0 {
+                shared.fetch_add(std::mem::take(local), Relaxed);
+            }
+        }
+    }
+}
+
+/// The shared side of a [`Row`]: what readers (heartbeats, the UI) see.
+#[derive(Debug, Default)]
+pub struct SharedRow([AtomicU64; ROW_FIELDS]);
+
+impl SharedRow {
+    /// The counts, as a [`StreamStats`] row named `component` (inputs) and `stream`.
+    pub fn load(&self, component: Option<&str>, stream: &str) -> StreamStats {
+        let v = |i: usize| self.0[i].load(Relaxed);
+        StreamStats {
+            component: component.map(str::to_owned),
+            stream: stream.to_owned(),
+            emitted: v(0),
+            transferred: v(1),
+            acked: v(2),
+            failed: v(3),
+            timed_out: v(4),
+            executed: v(5),
+            execute_ns: v(6),
+            execute_samples: v(7),
+            process_ns: v(8),
+            process_samples: v(9),
+            complete_us: v(10),
+            complete_samples: v(11),
+        }
+    }
+}
+
+/// The stream rows of tick tuples and of the acker's three message kinds: component
+/// [`SYSTEM`], streams named as Storm names them.
+pub const SYSTEM: &str = "__system";
+/// Tick tuples (`topology.tick.tuple.freq.secs`).
+pub const TICK_STREAM: &str = "__tick";
+/// Acker input: a spout's ack-init.
+pub const ACK_INIT_STREAM: &str = "__ack_init";
+/// Acker input: a bolt's ack.
+pub const ACK_ACK_STREAM: &str = "__ack_ack";
+/// Acker input: a bolt's fail.
+pub const ACK_FAIL_STREAM: &str = "__ack_fail";
+
+/// Which input row a received tuple counts in, by the tuple's stream index.
+///
+/// Bolts have one row per subscribed (source component, stream), in subscription order,
+/// and one more, `__system:__tick`, when tick tuples are configured. Ackers have three
+/// rows, `__system:__ack_init`, `__system:__ack_ack` and `__system:__ack_fail`, by
+/// message kind (acks and fails do not name their source, so ackers cannot count per
+/// source component); a row's `acked`/`failed` count the tree verdicts that messages of
+/// that kind completed. Spouts have none.
+#[derive(Clone, Debug, Default)]
+pub struct InputRows {
+    /// Row names: source component and stream.
+    pub names: Vec<(String, String)>,
+    /// Row of each stream of the topology's stream table ([`InputRows::NONE`]: none).
+    by_stream: Vec<u32>,
+    /// Row of tick tuples.
+    tick: u32,
+}
+
+impl InputRows {
+    /// No row.
+    pub const NONE: u32 = u32::MAX;
+
+    /// The rows of a bolt subscribed to `inputs` (global stream indices with their
+    /// source component and stream name) of a topology with `num_streams` streams,
+    /// plus a tick row when `ticks`.
+    pub fn bolt(
+        num_streams: usize,
+        inputs: impl IntoIterator<Item = (u32, String, String)>,
+        ticks: bool,
+    ) -> Self {
+        let mut rows = InputRows {
+            names: Vec::new(),
+            by_stream: vec![Self::NONE; num_streams],
+            tick: Self::NONE,
+        };
+        for (index, component, stream) in inputs {
+            let Some(slot) = rows.by_stream.get_mut(index as usize) else {
+                continue;
+            };
+            if *slot == Self::NONE {
+                *slot = rows.names.len() as u32;
+                rows.names.push((component, stream));
+            }
+        }
+        if ticks {
+            rows.tick = rows.names.len() as u32;
+            rows.names.push((SYSTEM.to_owned(), TICK_STREAM.to_owned()));
+        }
+        rows
+    }
+
+    /// The three rows of an acker (see the type's docs): 0 ack-init, 1 ack, 2 fail.
+    pub fn acker() -> Self {
+        InputRows {
+            names: [ACK_INIT_STREAM, ACK_ACK_STREAM, ACK_FAIL_STREAM]
+                .into_iter()
+                .map(|s| (SYSTEM.to_owned(), s.to_owned()))
+                .collect(),
+            by_stream: Vec::new(),
+            tick: Self::NONE,
+        }
+    }
+
+    /// The row of a tuple on stream `index` ([`u32::MAX`] for ticks), if it has one.
+    #[inline]
+    pub fn row(&self, index: u32) -> Option<usize> {
+        let r = if index == u32::MAX {
+            self.tick
+        } else {
+            *self.by_stream.get(index as usize)?
+        };
+        (r != Self::NONE).then_some(r as usize)
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
 }
 
 /// The executor-local side of [`ExecutorStats`].
@@ -73,9 +280,22 @@ pub(crate) struct LocalStats {
     pub executed: u64,
     pub execute_ns: u64,
     pub execute_samples: u64,
+    /// Per output stream (route index).
+    pub outputs: Vec<Row>,
+    /// Per input row ([`InputRows`]).
+    pub inputs: Vec<Row>,
 }
 
 impl LocalStats {
+    /// Zeroed counters with these numbers of output and input rows.
+    pub fn with_rows(outputs: usize, inputs: usize) -> Self {
+        LocalStats {
+            outputs: vec![Row::default(); outputs],
+            inputs: vec![Row::default(); inputs],
+            ..LocalStats::default()
+        }
+    }
+
     pub fn publish(&mut self, to: &ExecutorStats) {
         let pairs = [
             (&mut self.emitted, &to.emitted),
@@ -91,6 +311,12 @@ impl LocalStats {
             if *local != 0 {
                 shared.fetch_add(std::mem::take(local), Relaxed);
             }
+        }
+        for (row, shared) in self.outputs.iter_mut().zip(to.outputs.iter()) {
+            row.publish(shared);
+        }
+        for (row, shared) in self.inputs.iter_mut().zip(to.inputs.iter()) {
+            row.publish(shared);
         }
     }
 }
