@@ -4,7 +4,6 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
 
 use smallvec::SmallVec;
 
@@ -133,8 +132,9 @@ pub struct Tuple {
     source_task: TaskId,
     anchors: Anchors,
     ack_val: Cell<u64>,
-    /// When the executor took this tuple in, for tuples sampled for process latency.
-    sampled_at: Option<Instant>,
+    /// Non-zero for tuples the runtime sampled for process latency (see
+    /// [`Tuple::set_sample_stamp`]). A `u32`, so the tuple stays as small as it was.
+    sample_stamp: u32,
 }
 
 impl Tuple {
@@ -147,7 +147,7 @@ impl Tuple {
             source_task,
             anchors: Anchors::none(),
             ack_val: Cell::new(0),
-            sampled_at: None,
+            sample_stamp: 0,
         }
     }
 
@@ -275,16 +275,16 @@ impl Tuple {
         self.ack_val.set(self.ack_val.get() ^ edge);
     }
 
-    /// Marks the tuple as sampled for process latency, received at `at` (used by the
-    /// runtime: the time from `at` to the tuple's ack is Storm's process latency).
-    pub fn with_sampled_at(mut self, at: Instant) -> Self {
-        self.sampled_at = Some(at);
-        self
+    /// Marks the tuple as sampled for process latency with a non-zero `stamp` (used by
+    /// the runtime, which stores the time it took the tuple in; the time from then to
+    /// the tuple's ack is Storm's process latency).
+    pub fn set_sample_stamp(&mut self, stamp: u32) {
+        self.sample_stamp = stamp;
     }
 
-    /// When the runtime took the tuple in, if it was sampled for process latency.
-    pub fn sampled_at(&self) -> Option<Instant> {
-        self.sampled_at
+    /// The stamp of a tuple sampled for process latency; 0 when it was not sampled.
+    pub fn sample_stamp(&self) -> u32 {
+        self.sample_stamp
     }
 }
 

@@ -346,36 +346,26 @@ pub(crate) fn run_bolt(
     let mut sample = 0u32;
 
     let mut execute =
-        |core: &mut ExecutorCore, bolts: &mut [Box<dyn Bolt>], index: usize, tuple: Tuple| {
+        |core: &mut ExecutorCore, bolts: &mut [Box<dyn Bolt>], index: usize, mut tuple: Tuple| {
             core.set_task(index);
             let roots = (!tuple.anchors().is_empty()).then(|| tuple.anchors().clone());
             let stream = tuple.schema().index;
             let row = core.emitter.input_rows.row(stream);
             sample = sample.wrapping_add(1);
             let start = (sample % SAMPLE_EVERY == 0).then(Instant::now);
-            // A sampled tuple carries its receipt time to its ack (process latency).
-            let tuple = match start {
-                Some(at) => tuple.with_sampled_at(at),
-                None => tuple,
-            };
+            if let Some(at) = start {
+                // The tuple carries its receipt time to its ack (process latency).
+                tuple.set_sample_stamp(core.emitter.stamp(at));
+            }
             let bolt = &mut bolts[index];
             let result = catch_unwind(AssertUnwindSafe(|| {
                 bolt.execute(tuple, &mut OutputCollector::new(&mut core.emitter))
             }));
-            let stats = &mut core.emitter.stats;
-            stats.executed += 1;
-            let elapsed = start.map(|s| s.elapsed().as_nanos() as u64);
-            if let Some(ns) = elapsed {
-                stats.execute_ns += ns;
-                stats.execute_samples += 1;
-            }
-            if let Some(r) = row {
-                let row = &mut stats.inputs[r];
-                row.executed += 1;
-                if let Some(ns) = elapsed {
-                    row.execute_ns += ns;
-                    row.execute_samples += 1;
-                }
+            let row = &mut core.emitter.stats.inputs[row];
+            row.executed += 1;
+            if let Some(start) = start {
+                row.execute_ns += start.elapsed().as_nanos() as u64;
+                row.execute_samples += 1;
             }
             if let Err(p) = result {
                 let msg = take_panic_message(p);
@@ -458,7 +448,6 @@ pub(crate) fn run_acker(mut core: ExecutorCore) {
         let now = Instant::now();
         match core.rx.recv_timeout(core.wait_time(now, &[next_rotate])) {
             Ok(Packet::Batch(batch)) => {
-                core.emitter.stats.executed += batch.len() as u64;
                 for env in batch {
                     // The input rows of an acker: 0 ack-init, 1 ack, 2 fail.
                     let (row, outcome) = match env.msg {
@@ -479,17 +468,15 @@ pub(crate) fn run_acker(mut core: ExecutorCore) {
                             continue;
                         }
                     };
-                    let stats = &mut core.emitter.stats;
-                    stats.inputs[row].executed += 1;
+                    let row = &mut core.emitter.stats.inputs[row];
+                    row.executed += 1;
                     match outcome {
                         Some(AckerOutcome::Ack { root, spout_task }) => {
-                            stats.acked += 1;
-                            stats.inputs[row].acked += 1;
+                            row.acked += 1;
                             core.emitter.send(spout_task, Msg::TreeAcked { root });
                         }
                         Some(AckerOutcome::Fail { root, spout_task }) => {
-                            stats.failed += 1;
-                            stats.inputs[row].failed += 1;
+                            row.failed += 1;
                             core.emitter.send(spout_task, Msg::TreeFailed { root });
                         }
                         None => {}
@@ -597,21 +584,18 @@ impl SpoutLoop {
         let Some(p) = tracking.pending.remove(&root) else {
             return;
         };
-        tracking.pending_per_task[p.task_index] -= 1;
-        let stats = &mut self.core.emitter.stats;
-        let row = &mut stats.outputs[p.stream as usize];
+        tracking.pending_per_task[p.task_index as usize] -= 1;
+        let row = &mut self.core.emitter.stats.outputs[p.stream as usize];
         if acked {
             let us = p.start.elapsed().as_micros() as u64;
             let _ = self.latency.record(us.max(1));
-            stats.acked += 1;
             row.acked += 1;
             row.complete_us += us;
             row.complete_samples += 1;
-            self.call(p.task_index, "ack", |s, _| s.ack(p.msg_id));
+            self.call(p.task_index as usize, "ack", |s, _| s.ack(p.msg_id));
         } else {
-            stats.failed += 1;
             row.failed += 1;
-            self.call(p.task_index, "fail", |s, _| s.fail(p.msg_id));
+            self.call(p.task_index as usize, "fail", |s, _| s.fail(p.msg_id));
         }
     }
 
@@ -621,10 +605,8 @@ impl SpoutLoop {
             return;
         }
         let acks: Vec<(usize, u32, Value)> = std::mem::take(&mut tracking.immediate_acks);
-        let stats = &mut self.core.emitter.stats;
-        stats.acked += acks.len() as u64;
         for (_, stream, _) in &acks {
-            stats.outputs[*stream as usize].acked += 1;
+            self.core.emitter.stats.outputs[*stream as usize].acked += 1;
         }
         for (index, _, msg_id) in acks {
             self.call(index, "ack", |s, _| s.ack(msg_id));
@@ -636,14 +618,11 @@ impl SpoutLoop {
         let expired = tracking.pending.rotate();
         let stats = &mut self.core.emitter.stats;
         for p in expired.values() {
-            tracking.pending_per_task[p.task_index] -= 1;
+            tracking.pending_per_task[p.task_index as usize] -= 1;
             stats.outputs[p.stream as usize].timed_out += 1;
         }
-        let n = expired.len() as u64;
-        stats.failed += n;
-        stats.timed_out += n;
         for (_, p) in expired {
-            self.call(p.task_index, "fail", |s, _| s.fail(p.msg_id));
+            self.call(p.task_index as usize, "fail", |s, _| s.fail(p.msg_id));
         }
     }
 

@@ -14,8 +14,9 @@ use crate::WorkerError;
 /// worker would but with every task local. Dropping the cluster kills its topologies.
 ///
 /// [`LocalCluster::new`] installs a default log subscriber if the program set none
-/// (level `warn`, or as `RUST_LOG` says, on stderr), so the errors of a topology show up
-/// without any logging setup.
+/// (level `warn`, or as `RUST_LOG` says, on stderr, in colour only on a terminal), so the
+/// errors of a topology show up without any logging setup; its levels can be changed
+/// while topologies run ([`crate::logging::apply_log_levels`]).
 ///
 /// ```no_run
 /// # fn demo(topology: squall_api::Topology) -> Result<(), squall_worker::WorkerError> {

@@ -132,15 +132,23 @@ impl Row {
         ]
     }
 
-    /// Adds the counts to `to` and zeroes them.
-    fn publish(&mut self, to: &SharedRow) {
+    /// Adds the counts to `total`, then to `to` (when given), and zeroes them.
+    fn publish(&mut self, to: Option<&SharedRow>, total: &mut Row) {
         if *self == Row::default() {
             return;
         }
-        for (local, shared) in self.fields_mut().into_iter().zip(&to.0) {
-            if *local != 0 {
-                shared.fetch_add(std::mem::take(local), Relaxed);
+        for (t, v) in total.fields_mut().into_iter().zip(self.fields_mut()) {
+            *t += *v;
+        }
+        match to {
+            Some(to) => {
+                for (local, shared) in self.fields_mut().into_iter().zip(&to.0) {
+                    if *local != 0 {
+                        shared.fetch_add(std::mem::take(local), Relaxed);
+                    }
+                }
             }
+            None => *self = Row::default(),
         }
     }
 }
@@ -192,20 +200,20 @@ pub const ACK_FAIL_STREAM: &str = "__ack_fail";
 /// message kind (acks and fails do not name their source, so ackers cannot count per
 /// source component); a row's `acked`/`failed` count the tree verdicts that messages of
 /// that kind completed. Spouts have none.
+///
+/// Executor-local counters have one more row after these, for tuples on a stream
+/// without a row of its own: counted in the executor's totals, not reported as a row.
 #[derive(Clone, Debug, Default)]
 pub struct InputRows {
     /// Row names: source component and stream.
     pub names: Vec<(String, String)>,
-    /// Row of each stream of the topology's stream table ([`InputRows::NONE`]: none).
+    /// Row of each stream of the topology's stream table.
     by_stream: Vec<u32>,
     /// Row of tick tuples.
     tick: u32,
 }
 
 impl InputRows {
-    /// No row.
-    pub const NONE: u32 = u32::MAX;
-
     /// The rows of a bolt subscribed to `inputs` (global stream indices with their
     /// source component and stream name) of a topology with `num_streams` streams,
     /// plus a tick row when `ticks`.
@@ -214,25 +222,33 @@ impl InputRows {
         inputs: impl IntoIterator<Item = (u32, String, String)>,
         ticks: bool,
     ) -> Self {
-        let mut rows = InputRows {
-            names: Vec::new(),
-            by_stream: vec![Self::NONE; num_streams],
-            tick: Self::NONE,
-        };
+        const UNSET: u32 = u32::MAX;
+        let mut names: Vec<(String, String)> = Vec::new();
+        let mut by_stream = vec![UNSET; num_streams];
         for (index, component, stream) in inputs {
-            let Some(slot) = rows.by_stream.get_mut(index as usize) else {
-                continue;
-            };
-            if *slot == Self::NONE {
-                *slot = rows.names.len() as u32;
-                rows.names.push((component, stream));
+            if let Some(slot) = by_stream.get_mut(index as usize) {
+                if *slot == UNSET {
+                    *slot = names.len() as u32;
+                    names.push((component, stream));
+                }
             }
         }
+        let mut tick = UNSET;
         if ticks {
-            rows.tick = rows.names.len() as u32;
-            rows.names.push((SYSTEM.to_owned(), TICK_STREAM.to_owned()));
+            tick = names.len() as u32;
+            names.push((SYSTEM.to_owned(), TICK_STREAM.to_owned()));
         }
-        rows
+        let other = names.len() as u32;
+        for slot in by_stream.iter_mut().chain([&mut tick]) {
+            if *slot == UNSET {
+                *slot = other;
+            }
+        }
+        InputRows {
+            names,
+            by_stream,
+            tick,
+        }
     }
 
     /// The three rows of an acker (see the type's docs): 0 ack-init, 1 ack, 2 fail.
@@ -243,80 +259,81 @@ impl InputRows {
                 .map(|s| (SYSTEM.to_owned(), s.to_owned()))
                 .collect(),
             by_stream: Vec::new(),
-            tick: Self::NONE,
+            tick: 3,
         }
     }
 
-    /// The row of a tuple on stream `index` ([`u32::MAX`] for ticks), if it has one.
+    /// The local row of a tuple on stream `index` ([`u32::MAX`] for ticks): one of the
+    /// named rows, or [`len`](Self::len) for the row of streams without one.
     #[inline]
-    pub fn row(&self, index: u32) -> Option<usize> {
-        let r = if index == u32::MAX {
-            self.tick
-        } else {
-            *self.by_stream.get(index as usize)?
-        };
-        (r != Self::NONE).then_some(r as usize)
+    pub fn row(&self, index: u32) -> usize {
+        match self.by_stream.get(index as usize) {
+            Some(&r) => r as usize,
+            None => self.tick as usize,
+        }
     }
 
-    /// Number of rows.
+    /// Number of named rows.
     pub fn len(&self) -> usize {
         self.names.len()
     }
 
-    /// Whether there are no rows.
+    /// Whether there are no named rows.
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
 }
 
-/// The executor-local side of [`ExecutorStats`].
+/// The executor-local side of [`ExecutorStats`]: per-stream rows only; the totals are
+/// their sums, added up when the rows are published.
 #[derive(Default)]
 pub(crate) struct LocalStats {
+    /// Emits so far, never published (a spout's loop watches it to see whether
+    /// `next_tuple` emitted; the published count comes from the rows).
     pub emitted: u64,
-    pub transferred: u64,
-    pub acked: u64,
-    pub failed: u64,
-    pub timed_out: u64,
-    pub executed: u64,
-    pub execute_ns: u64,
-    pub execute_samples: u64,
     /// Per output stream (route index).
     pub outputs: Vec<Row>,
-    /// Per input row ([`InputRows`]).
+    /// Per input row ([`InputRows`]), plus the row of streams without one.
     pub inputs: Vec<Row>,
 }
 
 impl LocalStats {
-    /// Zeroed counters with these numbers of output and input rows.
-    pub fn with_rows(outputs: usize, inputs: usize) -> Self {
+    /// Zeroed counters for `outputs` output rows and the input rows of `inputs`.
+    pub fn new(outputs: usize, inputs: &InputRows) -> Self {
         LocalStats {
+            emitted: 0,
             outputs: vec![Row::default(); outputs],
-            inputs: vec![Row::default(); inputs],
-            ..LocalStats::default()
+            inputs: vec![Row::default(); inputs.len() + 1],
         }
     }
 
+    /// Adds the counts to the shared rows and totals of `to`, and zeroes them.
     pub fn publish(&mut self, to: &ExecutorStats) {
-        let pairs = [
-            (&mut self.emitted, &to.emitted),
-            (&mut self.transferred, &to.transferred),
-            (&mut self.acked, &to.acked),
-            (&mut self.failed, &to.failed),
-            (&mut self.timed_out, &to.timed_out),
-            (&mut self.executed, &to.executed),
-            (&mut self.execute_ns, &to.execute_ns),
-            (&mut self.execute_samples, &to.execute_samples),
-        ];
-        for (local, shared) in pairs {
-            if *local != 0 {
-                shared.fetch_add(std::mem::take(local), Relaxed);
-            }
-        }
+        let mut total = Row::default();
         for (row, shared) in self.outputs.iter_mut().zip(to.outputs.iter()) {
-            row.publish(shared);
+            row.publish(Some(shared), &mut total);
         }
-        for (row, shared) in self.inputs.iter_mut().zip(to.inputs.iter()) {
-            row.publish(shared);
+        for (i, row) in self.inputs.iter_mut().enumerate() {
+            row.publish(to.inputs.get(i), &mut total);
+        }
+        if total == Row::default() {
+            return;
+        }
+        // Storm counts a spout's timed-out trees as failed too; the rows do not.
+        let pairs = [
+            (total.emitted, &to.emitted),
+            (total.transferred, &to.transferred),
+            (total.acked, &to.acked),
+            (total.failed + total.timed_out, &to.failed),
+            (total.timed_out, &to.timed_out),
+            (total.executed, &to.executed),
+            (total.execute_ns, &to.execute_ns),
+            (total.execute_samples, &to.execute_samples),
+        ];
+        for (n, shared) in pairs {
+            if n != 0 {
+                shared.fetch_add(n, Relaxed);
+            }
         }
     }
 }
