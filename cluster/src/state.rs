@@ -249,11 +249,12 @@ pub struct ExecutorHeartbeat {
     /// Per-stream counters (cumulative) and backpressure, for the UI's windows.
     #[serde(default)]
     pub counters: crate::metrics::ExecutorCounters,
-    /// Envelopes waiting in the executor's receive queue when the heartbeat was taken.
+    /// Batches waiting in the executor's receive queue when the heartbeat was taken
+    /// (each up to `topology.producer.batch.size` envelopes).
     #[serde(default)]
     pub queue_depth: u64,
-    /// The receive queue's capacity (`topology.executor.receive.buffer.size`; 0 when
-    /// unbounded).
+    /// The receive queue's capacity in batches (`topology.executor.receive.buffer.size`
+    /// / `topology.producer.batch.size`; 0 when unbounded, as for spouts).
     #[serde(default)]
     pub queue_capacity: u64,
 }

@@ -132,6 +132,9 @@ pub struct Tuple {
     source_task: TaskId,
     anchors: Anchors,
     ack_val: Cell<u64>,
+    /// Non-zero for tuples the runtime sampled for process latency (see
+    /// [`Tuple::set_sample_stamp`]). A `u32`, so the tuple stays as small as it was.
+    sample_stamp: u32,
 }
 
 impl Tuple {
@@ -144,6 +147,7 @@ impl Tuple {
             source_task,
             anchors: Anchors::none(),
             ack_val: Cell::new(0),
+            sample_stamp: 0,
         }
     }
 
@@ -269,6 +273,18 @@ impl Tuple {
     /// tuple anchored to this one).
     pub fn xor_ack_val(&self, edge: u64) {
         self.ack_val.set(self.ack_val.get() ^ edge);
+    }
+
+    /// Marks the tuple as sampled for process latency with a non-zero `stamp` (used by
+    /// the runtime, which stores the time it took the tuple in; the time from then to
+    /// the tuple's ack is Storm's process latency).
+    pub fn set_sample_stamp(&mut self, stamp: u32) {
+        self.sample_stamp = stamp;
+    }
+
+    /// The stamp of a tuple sampled for process latency; 0 when it was not sampled.
+    pub fn sample_stamp(&self) -> u32 {
+        self.sample_stamp
     }
 }
 

@@ -38,6 +38,7 @@ fn main() -> std::io::Result<()> {
         last: TaskId(1),
         role: Role::Bolt,
         queue: q,
+        blocked_ns: Default::default(),
     };
     let router = LocalRouter::new(vec![executor], 1, TaskId(2));
     let identity = Identity::new("bench", 1, "sender");

@@ -309,19 +309,6 @@ impl WorkerNet {
     }
 }
 
-/// Installs a default log subscriber for worker mode: stderr (the supervisor sends it to
-/// `worker.log`), `info` unless `RUST_LOG` says otherwise. A subscriber the topology's
-/// author installed first wins.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-}
-
 /// A channel that receives once when the process gets SIGTERM.
 fn watch_sigterm() -> Receiver<()> {
     let (tx, rx) = crossbeam_channel::bounded(1);
@@ -376,7 +363,7 @@ fn shutdown_grace(conf: &Config) -> Duration {
 /// When an executor dies, reports it and exits the process with code 1 so the supervisor
 /// restarts the worker.
 pub fn run(topology: &Topology, launch: WorkerLaunch) -> Result<(), WorkerError> {
-    init_logging();
+    crate::logging::init_worker_logging();
     let sigterm = watch_sigterm();
     let spec_path = std::env::var_os(WORKER_SPEC_ENV).map(PathBuf::from);
     let secret = match &launch.secret_file {
@@ -503,8 +490,9 @@ impl Supervision<'_> {
             crossbeam_channel::select! {
                 recv(sigterm) -> _ => return Outcome::Stop("received SIGTERM".to_owned()),
                 recv(verdicts) -> v => match v {
-                    Ok(Some(HeartbeatResponse::Assigned { status, assignment_version, .. })) => {
+                    Ok(Some(HeartbeatResponse::Assigned { status, assignment_version, log_levels })) => {
                         not_assigned_since = None;
+                        crate::logging::apply_log_levels(&log_levels);
                         let want_active = status == TopologyStatus::Active;
                         if want_active != active {
                             if want_active {
@@ -572,7 +560,7 @@ impl Supervision<'_> {
     }
 
     fn executors(&self) -> Vec<ExecutorHeartbeat> {
-        executor_heartbeats(self.net.runtime())
+        self.net.runtime().heartbeats()
     }
 
     fn local_heartbeat_loop(&self, stop: &Receiver<()>) {
@@ -754,33 +742,6 @@ impl Supervision<'_> {
         let hb = self.heartbeat(started, errors);
         let _ = Self::post(&rt, &clients, &hb, &warn, &tokio::sync::Notify::new());
     }
-}
-
-/// Per-executor counters as heartbeats carry them.
-fn executor_heartbeats(runtime: &TopologyRuntime) -> Vec<ExecutorHeartbeat> {
-    runtime
-        .executor_stats()
-        .into_iter()
-        .map(|(component, first, last, s)| {
-            let lat = s.complete_latency_ms.unwrap_or_default();
-            ExecutorHeartbeat {
-                component: component.to_string(),
-                first,
-                last,
-                emitted: s.emitted,
-                transferred: s.transferred,
-                acked: s.acked,
-                failed: s.failed,
-                executed: s.executed,
-                execute_latency_ms: s.execute_latency_ms,
-                complete_latency_ms: lat.mean,
-                complete_latency_p50_ms: lat.p50,
-                complete_latency_p99_ms: lat.p99,
-                complete_latency_max_ms: lat.max,
-                ..Default::default()
-            }
-        })
-        .collect()
 }
 
 /// Writes the heartbeat file atomically (a temporary file, then a rename).

@@ -9,13 +9,16 @@ use crate::message::{Envelope, Msg};
 use crate::ratelimit::LogLimiter;
 use crate::rotating::RotatingMap;
 use crate::routing::StreamRoute;
-use crate::stats::{ErrorLog, LocalStats};
+use crate::stats::{ErrorLog, InputRows, LocalStats};
 use crate::transfer::Transfer;
 
 /// A tracked spout tuple tree awaiting its acker verdict.
 pub(crate) struct Pending {
     pub msg_id: Value,
-    pub task_index: usize,
+    /// The task's index in its executor (`u32` keeps the entry within 56 bytes).
+    pub task_index: u32,
+    /// The route (output stream) the tree's root tuple was emitted on.
+    pub stream: u32,
     pub start: Instant,
 }
 
@@ -23,9 +26,9 @@ pub(crate) struct Pending {
 pub(crate) struct SpoutTracking {
     pub pending: RotatingMap<u64, Pending>,
     pub pending_per_task: Vec<usize>,
-    /// Message ids to ack right away (no ackers, or no receiving task): handled by the
-    /// executor after `next_tuple` returns.
-    pub immediate_acks: Vec<(usize, Value)>,
+    /// Message ids to ack right away (no ackers, or no receiving task), with their task
+    /// index and route: handled by the executor after `next_tuple` returns.
+    pub immediate_acks: Vec<(usize, u32, Value)>,
 }
 
 impl SpoutTracking {
@@ -56,6 +59,10 @@ pub(crate) struct RuntimeEmitter {
     rng: fastrand::Rng,
     scratch: Vec<TaskId>,
     pub stats: LocalStats,
+    /// Which input row each received stream counts in.
+    pub input_rows: InputRows,
+    /// What the sample stamps of tuples count from.
+    epoch: Instant,
     errors: Arc<ErrorLog>,
     error_lines: LogLimiter,
     debug: bool,
@@ -73,8 +80,12 @@ impl RuntimeEmitter {
         errors: Arc<ErrorLog>,
         debug: bool,
         spout: Option<SpoutTracking>,
+        input_rows: InputRows,
     ) -> Self {
         RuntimeEmitter {
+            stats: LocalStats::new(routes.len(), &input_rows),
+            input_rows,
+            epoch: Instant::now(),
             component,
             task: first_task,
             task_index: 0,
@@ -83,7 +94,6 @@ impl RuntimeEmitter {
             ackers,
             rng: fastrand::Rng::new(),
             scratch: Vec::with_capacity(8),
-            stats: LocalStats::default(),
             errors,
             error_lines: LogLimiter::new(ERROR_LOG_INTERVAL, ERROR_LOG_BURST),
             debug,
@@ -122,6 +132,19 @@ impl RuntimeEmitter {
         }
     }
 
+    /// Counts a failed input tuple (an explicit fail, or a panic in `execute`).
+    pub fn count_failed(&mut self, stream: u32) {
+        self.stats.inputs[self.input_rows.row(stream)].failed += 1;
+    }
+
+    /// The sample stamp of a tuple taken in at `at`: microseconds since the executor
+    /// started, wrapping (process latencies up to 71 minutes come out right), made odd
+    /// so that it is never 0 (1 µs error at most).
+    #[inline]
+    pub fn stamp(&self, at: Instant) -> u32 {
+        (at.saturating_duration_since(self.epoch).as_micros() as u32) | 1
+    }
+
     /// Fails every tree `input` belongs to (used when a bolt panics).
     pub fn fail_roots(&mut self, anchors: &Anchors) {
         if !self.acking() {
@@ -133,16 +156,12 @@ impl RuntimeEmitter {
         }
     }
 
-    /// Records an error of the current task; writes it to the log unless this executor
-    /// already wrote [`ERROR_LOG_BURST`] errors in the last [`ERROR_LOG_INTERVAL`].
+    /// Records an error of the current task; writes it to the log as one line with its
+    /// text verbatim (see [`crate::logging`]) unless this executor already wrote
+    /// [`ERROR_LOG_BURST`] errors in the last [`ERROR_LOG_INTERVAL`].
     pub fn report(&mut self, error: String) {
         if let Some(suppressed) = self.error_lines.allow() {
-            if suppressed > 0 {
-                tracing::error!(component = %self.component, task = %self.task,
-                    "{error} ({suppressed} similar errors of this executor not logged)");
-            } else {
-                tracing::error!(component = %self.component, task = %self.task, "{error}");
-            }
+            crate::logging::log_reported_error(&self.component, self.task, &error, suppressed);
         }
         self.errors.push(self.component.clone(), self.task, error);
     }
@@ -206,7 +225,9 @@ impl Emitter for RuntimeEmitter {
             );
         }
         stats.emitted += 1;
-        stats.transferred += scratch.len() as u64;
+        let row = &mut stats.outputs[route_idx];
+        row.emitted += 1;
+        row.transferred += scratch.len() as u64;
         if let Some(ids) = task_ids {
             ids.extend_from_slice(scratch);
         }
@@ -217,14 +238,17 @@ impl Emitter for RuntimeEmitter {
         if let Some(msg_id) = emit.message_id {
             let tracking = spout.as_mut().expect("only spouts emit with a message id");
             if ackers.is_empty() || scratch.is_empty() {
-                tracking.immediate_acks.push((*task_index, msg_id));
+                tracking
+                    .immediate_acks
+                    .push((*task_index, route_idx as u32, msg_id));
             } else {
                 let r = rng.u64(..);
                 tracking.pending.insert(
                     r,
                     Pending {
                         msg_id,
-                        task_index: *task_index,
+                        task_index: *task_index as u32,
+                        stream: route_idx as u32,
                         start: Instant::now(),
                     },
                 );
@@ -289,7 +313,14 @@ impl Emitter for RuntimeEmitter {
     }
 
     fn ack(&mut self, input: &Tuple) {
-        self.stats.acked += 1;
+        let stamp = input.sample_stamp();
+        let now = (stamp != 0).then(|| self.stamp(Instant::now()));
+        let row = &mut self.stats.inputs[self.input_rows.row(input.schema().index)];
+        row.acked += 1;
+        if let Some(now) = now {
+            row.process_ns += u64::from(now.wrapping_sub(stamp)) * 1000;
+            row.process_samples += 1;
+        }
         if !self.acking() {
             return;
         }
@@ -307,7 +338,7 @@ impl Emitter for RuntimeEmitter {
     }
 
     fn fail(&mut self, input: &Tuple) {
-        self.stats.failed += 1;
+        self.count_failed(input.schema().index);
         self.fail_roots(input.anchors());
     }
 

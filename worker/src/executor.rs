@@ -346,19 +346,26 @@ pub(crate) fn run_bolt(
     let mut sample = 0u32;
 
     let mut execute =
-        |core: &mut ExecutorCore, bolts: &mut [Box<dyn Bolt>], index: usize, tuple: Tuple| {
+        |core: &mut ExecutorCore, bolts: &mut [Box<dyn Bolt>], index: usize, mut tuple: Tuple| {
             core.set_task(index);
             let roots = (!tuple.anchors().is_empty()).then(|| tuple.anchors().clone());
+            let stream = tuple.schema().index;
+            let row = core.emitter.input_rows.row(stream);
             sample = sample.wrapping_add(1);
             let start = (sample % SAMPLE_EVERY == 0).then(Instant::now);
+            if let Some(at) = start {
+                // The tuple carries its receipt time to its ack (process latency).
+                tuple.set_sample_stamp(core.emitter.stamp(at));
+            }
             let bolt = &mut bolts[index];
             let result = catch_unwind(AssertUnwindSafe(|| {
                 bolt.execute(tuple, &mut OutputCollector::new(&mut core.emitter))
             }));
-            core.emitter.stats.executed += 1;
+            let row = &mut core.emitter.stats.inputs[row];
+            row.executed += 1;
             if let Some(start) = start {
-                core.emitter.stats.execute_ns += start.elapsed().as_nanos() as u64;
-                core.emitter.stats.execute_samples += 1;
+                row.execute_ns += start.elapsed().as_nanos() as u64;
+                row.execute_samples += 1;
             }
             if let Err(p) = result {
                 let msg = take_panic_message(p);
@@ -367,7 +374,7 @@ pub(crate) fn run_bolt(
                 "bolt '{component}' task {task} panicked in execute: {msg}; failing the input tuple"
             ));
                 if let Some(roots) = roots {
-                    core.emitter.stats.failed += 1;
+                    core.emitter.count_failed(stream);
                     core.emitter.fail_roots(&roots);
                 }
             }
@@ -441,16 +448,16 @@ pub(crate) fn run_acker(mut core: ExecutorCore) {
         let now = Instant::now();
         match core.rx.recv_timeout(core.wait_time(now, &[next_rotate])) {
             Ok(Packet::Batch(batch)) => {
-                core.emitter.stats.executed += batch.len() as u64;
                 for env in batch {
-                    let outcome = match env.msg {
+                    // The input rows of an acker: 0 ack-init, 1 ack, 2 fail.
+                    let (row, outcome) = match env.msg {
                         Msg::AckInit {
                             root,
                             val,
                             spout_task,
-                        } => state.init(root, val, spout_task),
-                        Msg::Ack { root, val } => state.ack(root, val),
-                        Msg::Fail { root } => state.fail(root),
+                        } => (0, state.init(root, val, spout_task)),
+                        Msg::Ack { root, val } => (1, state.ack(root, val)),
+                        Msg::Fail { root } => (2, state.fail(root)),
                         other => {
                             if let Some(suppressed) = ACKER_UNEXPECTED.allow() {
                                 tracing::warn!(
@@ -458,16 +465,18 @@ pub(crate) fn run_acker(mut core: ExecutorCore) {
                                     "acker ignoring unexpected message {other:?}"
                                 );
                             }
-                            None
+                            continue;
                         }
                     };
+                    let row = &mut core.emitter.stats.inputs[row];
+                    row.executed += 1;
                     match outcome {
                         Some(AckerOutcome::Ack { root, spout_task }) => {
-                            core.emitter.stats.acked += 1;
+                            row.acked += 1;
                             core.emitter.send(spout_task, Msg::TreeAcked { root });
                         }
                         Some(AckerOutcome::Fail { root, spout_task }) => {
-                            core.emitter.stats.failed += 1;
+                            row.failed += 1;
                             core.emitter.send(spout_task, Msg::TreeFailed { root });
                         }
                         None => {}
@@ -575,15 +584,18 @@ impl SpoutLoop {
         let Some(p) = tracking.pending.remove(&root) else {
             return;
         };
-        tracking.pending_per_task[p.task_index] -= 1;
+        tracking.pending_per_task[p.task_index as usize] -= 1;
+        let row = &mut self.core.emitter.stats.outputs[p.stream as usize];
         if acked {
             let us = p.start.elapsed().as_micros() as u64;
             let _ = self.latency.record(us.max(1));
-            self.core.emitter.stats.acked += 1;
-            self.call(p.task_index, "ack", |s, _| s.ack(p.msg_id));
+            row.acked += 1;
+            row.complete_us += us;
+            row.complete_samples += 1;
+            self.call(p.task_index as usize, "ack", |s, _| s.ack(p.msg_id));
         } else {
-            self.core.emitter.stats.failed += 1;
-            self.call(p.task_index, "fail", |s, _| s.fail(p.msg_id));
+            row.failed += 1;
+            self.call(p.task_index as usize, "fail", |s, _| s.fail(p.msg_id));
         }
     }
 
@@ -592,9 +604,11 @@ impl SpoutLoop {
         if tracking.immediate_acks.is_empty() {
             return;
         }
-        let acks: Vec<(usize, Value)> = std::mem::take(&mut tracking.immediate_acks);
-        self.core.emitter.stats.acked += acks.len() as u64;
-        for (index, msg_id) in acks {
+        let acks: Vec<(usize, u32, Value)> = std::mem::take(&mut tracking.immediate_acks);
+        for (_, stream, _) in &acks {
+            self.core.emitter.stats.outputs[*stream as usize].acked += 1;
+        }
+        for (index, _, msg_id) in acks {
             self.call(index, "ack", |s, _| s.ack(msg_id));
         }
     }
@@ -602,14 +616,13 @@ impl SpoutLoop {
     fn time_out(&mut self) {
         let tracking = self.core.emitter.spout.as_mut().expect("spout tracking");
         let expired = tracking.pending.rotate();
+        let stats = &mut self.core.emitter.stats;
         for p in expired.values() {
-            tracking.pending_per_task[p.task_index] -= 1;
+            tracking.pending_per_task[p.task_index as usize] -= 1;
+            stats.outputs[p.stream as usize].timed_out += 1;
         }
-        let n = expired.len() as u64;
-        self.core.emitter.stats.failed += n;
-        self.core.emitter.stats.timed_out += n;
         for (_, p) in expired {
-            self.call(p.task_index, "fail", |s, _| s.fail(p.msg_id));
+            self.call(p.task_index as usize, "fail", |s, _| s.fail(p.msg_id));
         }
     }
 

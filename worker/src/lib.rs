@@ -16,6 +16,9 @@
 //!   mode, submission to Nimbus and running as a worker.
 //! - [`ratelimit`]: at most a few log lines per interval for messages that could
 //!   repeat once per tuple.
+//! - [`logging`]: the log subscriber Squall installs (worker logs) and log levels
+//!   changed at run time (`squall set_log_level`).
+//! - [`stats`]: per-executor and per-stream counters, published in bulk by executors.
 #![deny(missing_docs)]
 
 pub mod acker;
@@ -24,6 +27,7 @@ mod emitter;
 mod executor;
 pub mod local;
 pub mod local_nimbus;
+pub mod logging;
 pub mod message;
 pub mod ratelimit;
 pub mod rotating;

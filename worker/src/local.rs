@@ -14,8 +14,9 @@ use crate::WorkerError;
 /// worker would but with every task local. Dropping the cluster kills its topologies.
 ///
 /// [`LocalCluster::new`] installs a default log subscriber if the program set none
-/// (level `warn`, or as `RUST_LOG` says, on stderr), so the errors of a topology show up
-/// without any logging setup.
+/// (level `warn`, or as `RUST_LOG` says, on stderr, in colour only on a terminal), so the
+/// errors of a topology show up without any logging setup; its levels can be changed
+/// while topologies run ([`crate::logging::apply_log_levels`]).
 ///
 /// ```no_run
 /// # fn demo(topology: squall_api::Topology) -> Result<(), squall_worker::WorkerError> {
@@ -68,16 +69,7 @@ impl Default for LocalCluster {
     }
 }
 
-/// Installs a `tracing` subscriber writing to stderr at `warn` level (or as `RUST_LOG`
-/// says), unless the program installed one already.
-pub fn init_default_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
+pub use crate::logging::init_default_logging;
 
 impl LocalCluster {
     /// An empty local cluster (see the type's docs for the logging it sets up).
@@ -197,6 +189,15 @@ impl LocalCluster {
     /// Counters of `name`.
     pub fn stats(&self, name: &str) -> Result<TopologyStats, WorkerError> {
         self.with(name, |t| t.runtime.stats())
+    }
+
+    /// Per-executor counters of `name`, exactly as a worker reports them to Nimbus
+    /// ([`TopologyRuntime::heartbeats`]: totals, per-stream rows, backpressure).
+    pub fn heartbeats(
+        &self,
+        name: &str,
+    ) -> Result<Vec<squall_cluster::state::ExecutorHeartbeat>, WorkerError> {
+        self.with(name, |t| t.runtime.heartbeats())
     }
 
     /// Errors reported by the tasks of `name`.

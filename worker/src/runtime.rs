@@ -14,14 +14,17 @@ use squall_api::{
     Bolt, ComponentId, ComponentKind, Config, Spout, TaskId, TaskLayout, Topology, TopologyContext,
     ACKER_COMPONENT,
 };
+use squall_cluster::metrics::{ExecutorCounters, StreamStats};
+use squall_cluster::state::ExecutorHeartbeat;
 
 use crate::emitter::{RuntimeEmitter, SpoutTracking};
 use crate::executor::{
     run_acker, run_bolt, run_spout, take_panic_message, ExecutorCore, ExecutorHealth, SpoutSettings,
 };
+use crate::logging::log_reported_error;
 use crate::message::Packet;
 use crate::routing::build_routes;
-use crate::stats::{ErrorLog, ExecutorStats, ReportedError};
+use crate::stats::{ErrorLog, ExecutorStats, InputRows, ReportedError};
 use crate::transfer::Transfer;
 use crate::WorkerError;
 
@@ -35,6 +38,10 @@ struct ExecutorHandle {
     tasks: (TaskId, TaskId),
     tx: Sender<Packet>,
     stats: Arc<ExecutorStats>,
+    /// Names of the output rows of `stats` (stream ids).
+    outputs: Vec<String>,
+    /// Names of the input rows of `stats` (source component, stream).
+    inputs: Vec<(String, String)>,
     health: Arc<ExecutorHealth>,
     /// Deactivation requests sent to this (spout) executor.
     deactivations_sent: AtomicU64,
@@ -94,6 +101,8 @@ pub struct TopologyRuntime {
     layout: Arc<TaskLayout>,
     local_dest: Vec<Option<usize>>,
     local_senders: Vec<Sender<Packet>>,
+    /// Blocked-time counters of the local executors, as `local_senders`.
+    local_blocked: Vec<Arc<AtomicU64>>,
     executors: Vec<ExecutorHandle>,
     shutdown: Arc<AtomicBool>,
     errors: Arc<ErrorLog>,
@@ -174,6 +183,8 @@ struct Prepared {
     instances: Instances,
     contexts: Vec<TopologyContext>,
     stats: Arc<ExecutorStats>,
+    outputs: Vec<String>,
+    inputs: Vec<(String, String)>,
     health: Arc<ExecutorHealth>,
     tx: Sender<Packet>,
 }
@@ -217,7 +228,7 @@ fn executor_thread(
                 "the executor thread panicked outside user code (a Squall bug): {}",
                 take_panic_message(panic)
             );
-            tracing::error!(%component, task = %first, "{cause}");
+            log_reported_error(component, first, &cause, 0);
             errors.push(component.clone(), first, cause.clone());
             health.fail(first, cause);
         }
@@ -288,6 +299,7 @@ impl TopologyRuntime {
         // trees). Remote workers are further destinations after the local ones.
         let all = plan.local;
         let mut senders = Vec::new();
+        let mut blocked: Vec<Arc<AtomicU64>> = Vec::new();
         let mut receivers = Vec::new();
         let mut dest_of_task = vec![None; layout.max_task().0 as usize + 1];
         for (i, (_, kind, first, last)) in all.iter().enumerate() {
@@ -296,6 +308,7 @@ impl TopologyRuntime {
                 ComponentKind::Bolt => crossbeam_channel::bounded(queue_batches),
             };
             senders.push(tx);
+            blocked.push(Arc::default());
             receivers.push(rx);
             for t in first.0..=last.0 {
                 if let Some(slot) = dest_of_task.get_mut(t as usize) {
@@ -362,17 +375,39 @@ impl TopologyRuntime {
             let n_tasks = (last.0 - first.0 + 1) as usize;
             let is_acker = component == ACKER_COMPONENT;
             let is_spout = kind == ComponentKind::Spout;
+            let input_rows = if is_acker {
+                InputRows::acker()
+            } else if is_spout {
+                InputRows::default()
+            } else {
+                let subscribed = spec.components.get(&component).into_iter().flat_map(|c| {
+                    c.inputs.iter().filter_map(|sub| {
+                        let (c, s) = (&sub.source.component, &sub.source.stream);
+                        let schema = layout.stream(c.as_str(), s.as_str())?;
+                        Some((schema.index, c.to_string(), s.to_string()))
+                    })
+                });
+                let ticks = comp_conf.tick_tuple_freq_secs().ok().flatten().is_some();
+                InputRows::bolt(layout.streams().len(), subscribed, ticks)
+            };
+            let outputs: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
+            let inputs = input_rows.names.clone();
+            let stats = Arc::new(ExecutorStats::new(
+                outputs.len(),
+                inputs.len(),
+                blocked[i].clone(),
+            ));
             let emitter = RuntimeEmitter::new(
                 component.clone(),
                 first,
                 routes,
-                Transfer::new(&senders, &dest_of_task, batch_size),
+                Transfer::new(&senders, &blocked, &dest_of_task, batch_size),
                 ackers.clone(),
                 errors.clone(),
                 comp_conf.debug()?,
                 is_spout.then(|| SpoutTracking::new(n_tasks)),
+                input_rows,
             );
-            let stats = Arc::new(ExecutorStats::default());
             let health = Arc::new(ExecutorHealth::default());
             let schemas = layout
                 .streams()
@@ -431,6 +466,8 @@ impl TopologyRuntime {
                 instances,
                 contexts,
                 stats,
+                outputs,
+                inputs,
                 health,
                 tx: local_senders[i].clone(),
             });
@@ -442,6 +479,7 @@ impl TopologyRuntime {
             layout,
             local_dest,
             local_senders,
+            local_blocked: blocked,
             executors: Vec::with_capacity(prepared.len()),
             shutdown,
             errors,
@@ -485,6 +523,8 @@ impl TopologyRuntime {
                 tasks: p.tasks,
                 tx: p.tx,
                 stats: p.stats,
+                outputs: p.outputs,
+                inputs: p.inputs,
                 health: p.health,
                 deactivations_sent: AtomicU64::new(0),
                 thread: Some(thread),
@@ -510,6 +550,7 @@ impl TopologyRuntime {
                             setup_timeout.as_secs_f64()
                         );
                         if e.health.fail_if_starting(e.tasks.0, cause.clone()) {
+                            log_reported_error(&e.component, e.tasks.0, &cause, 0);
                             runtime.errors.push(e.component.clone(), e.tasks.0, cause);
                         }
                     }
@@ -541,59 +582,66 @@ impl TopologyRuntime {
         (self.local_senders.clone(), self.local_dest.clone())
     }
 
+    /// The blocked-time counters of the local executors, in the order of
+    /// [`local_queues`](Self::local_queues): the transport adds the time its readers
+    /// wait on a full queue.
+    pub fn local_blocked(&self) -> Vec<Arc<AtomicU64>> {
+        self.local_blocked.clone()
+    }
+
     /// Counters per local executor: component, first task, last task, counters.
     pub fn executor_stats(&self) -> Vec<(ComponentId, TaskId, TaskId, ComponentStats)> {
         self.executors
             .iter()
             .map(|e| {
-                let s = &e.stats;
-                let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-                let samples = load(&s.execute_samples);
-                let latency = if e.kind == ComponentKind::Spout {
-                    let h = s
-                        .complete_latency_us
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    Some(summarize(&h))
-                } else {
-                    None
-                };
                 (
                     e.component.clone(),
                     e.tasks.0,
                     e.tasks.1,
-                    ComponentStats {
-                        executors: 1,
-                        tasks: (e.tasks.1 .0 - e.tasks.0 .0 + 1) as usize,
-                        emitted: load(&s.emitted),
-                        transferred: load(&s.transferred),
-                        acked: load(&s.acked),
-                        failed: load(&s.failed),
-                        timed_out: load(&s.timed_out),
-                        executed: load(&s.executed),
-                        pending: load(&s.pending),
-                        execute_latency_ms: if samples > 0 {
-                            load(&s.execute_ns) as f64 / samples as f64 / 1e6
-                        } else {
-                            0.0
-                        },
-                        complete_latency_ms: latency,
-                    },
+                    executor_totals(e),
                 )
             })
             .collect()
     }
 
-    /// Per-executor counters as heartbeats carry them.
-    pub fn heartbeats(&self) -> Vec<squall_cluster::state::ExecutorHeartbeat> {
-        self.executor_stats()
-            .into_iter()
-            .map(|(component, first, last, s)| {
+    /// Per local executor, its counters as a worker reports them to Nimbus: totals
+    /// since the executors started, per-stream rows ([`ExecutorCounters`]: outputs in
+    /// stream-id order; inputs as described at [`InputRows`]), the time its producers
+    /// were blocked on its full receive queue, and that queue's depth and capacity.
+    ///
+    /// `queue_depth` and `queue_capacity` count **batches** (each up to
+    /// `topology.producer.batch.size` envelopes; the capacity is
+    /// `topology.executor.receive.buffer.size` / `topology.producer.batch.size`, at
+    /// least 4). Spouts have unbounded queues: capacity 0.
+    pub fn heartbeats(&self) -> Vec<ExecutorHeartbeat> {
+        self.executors
+            .iter()
+            .map(|e| {
+                let s = executor_totals(e);
                 let lat = s.complete_latency_ms.unwrap_or_default();
-                squall_cluster::state::ExecutorHeartbeat {
-                    component: component.to_string(),
-                    first,
-                    last,
+                let rows =
+                    |shared: &[crate::stats::SharedRow],
+                     names: &mut dyn Iterator<Item = (Option<&str>, &str)>| {
+                        names
+                            .zip(shared)
+                            .map(|((c, n), r)| r.load(c, n))
+                            .collect::<Vec<StreamStats>>()
+                    };
+                let counters = ExecutorCounters {
+                    outputs: rows(
+                        &e.stats.outputs,
+                        &mut e.outputs.iter().map(|n| (None, n.as_str())),
+                    ),
+                    inputs: rows(
+                        &e.stats.inputs,
+                        &mut e.inputs.iter().map(|(c, n)| (Some(c.as_str()), n.as_str())),
+                    ),
+                    blocked_ns: e.stats.blocked_ns.load(Ordering::Relaxed),
+                };
+                ExecutorHeartbeat {
+                    component: e.component.to_string(),
+                    first: e.tasks.0,
+                    last: e.tasks.1,
                     emitted: s.emitted,
                     transferred: s.transferred,
                     acked: s.acked,
@@ -604,7 +652,10 @@ impl TopologyRuntime {
                     complete_latency_p50_ms: lat.p50,
                     complete_latency_p99_ms: lat.p99,
                     complete_latency_max_ms: lat.max,
-                    ..Default::default()
+                    timed_out: s.timed_out,
+                    counters,
+                    queue_depth: e.tx.len() as u64,
+                    queue_capacity: e.tx.capacity().unwrap_or(0) as u64,
                 }
             })
             .collect()
@@ -794,6 +845,39 @@ impl TopologyRuntime {
 impl Drop for TopologyRuntime {
     fn drop(&mut self) {
         self.shutdown.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The totals of one executor.
+fn executor_totals(e: &ExecutorHandle) -> ComponentStats {
+    let s = &e.stats;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let samples = load(&s.execute_samples);
+    let latency = if e.kind == ComponentKind::Spout {
+        let h = s
+            .complete_latency_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Some(summarize(&h))
+    } else {
+        None
+    };
+    ComponentStats {
+        executors: 1,
+        tasks: (e.tasks.1 .0 - e.tasks.0 .0 + 1) as usize,
+        emitted: load(&s.emitted),
+        transferred: load(&s.transferred),
+        acked: load(&s.acked),
+        failed: load(&s.failed),
+        timed_out: load(&s.timed_out),
+        executed: load(&s.executed),
+        pending: load(&s.pending),
+        execute_latency_ms: if samples > 0 {
+            load(&s.execute_ns) as f64 / samples as f64 / 1e6
+        } else {
+            0.0
+        },
+        complete_latency_ms: latency,
     }
 }
 

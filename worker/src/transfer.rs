@@ -1,7 +1,9 @@
 //! Outbound batching: messages are gathered per receiving executor and handed over a
 //! batch at a time, so the queues see one operation per batch, not per tuple.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 
@@ -14,6 +16,8 @@ struct Dest {
     tx: Sender<Packet>,
     buf: Vec<Envelope>,
     dirty: bool,
+    /// The receiving executor's blocked-time counter (local executors only).
+    blocked_ns: Option<Arc<AtomicU64>>,
 }
 
 /// The sending side of one executor.
@@ -29,8 +33,11 @@ pub(crate) struct Transfer {
 
 impl Transfer {
     /// `queues[i]` receives for executor `i`; `dest_of_task[task]` names that executor.
+    /// Time spent blocked on a full `queues[i]` is added to `blocked_ns[i]`, where
+    /// given (missing entries: not measured).
     pub fn new(
         queues: &[Sender<Packet>],
+        blocked_ns: &[Arc<AtomicU64>],
         dest_of_task: &[Option<usize>],
         batch_size: usize,
     ) -> Self {
@@ -41,10 +48,12 @@ impl Transfer {
                 .collect(),
             dests: queues
                 .iter()
-                .map(|tx| Dest {
+                .enumerate()
+                .map(|(i, tx)| Dest {
                     tx: tx.clone(),
                     buf: Vec::new(),
                     dirty: false,
+                    blocked_ns: blocked_ns.get(i).cloned(),
                 })
                 .collect(),
             dirty: Vec::new(),
@@ -91,8 +100,13 @@ impl Transfer {
             Err(TrySendError::Full(p)) => {
                 *waits += 1;
                 // Block: a full queue holds the producer back (backpressure). A receiver
-                // that has gone away means the topology is shutting down.
+                // that has gone away means the topology is shutting down. Only this
+                // slow path is timed, and charged to the receiving executor.
+                let start = Instant::now();
                 let _ = dest.tx.send(p);
+                if let Some(b) = &dest.blocked_ns {
+                    b.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
             }
             Err(TrySendError::Disconnected(_)) => {}
         }

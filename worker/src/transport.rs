@@ -355,6 +355,9 @@ pub struct LocalExecutor {
     pub role: Role,
     /// Its receive queue.
     pub queue: Sender<Packet>,
+    /// Its blocked-time counter: the server adds the time a connection's reader waited
+    /// on the full queue (backpressure, see [`crate::stats::ExecutorStats::blocked_ns`]).
+    pub blocked_ns: Arc<AtomicU64>,
 }
 
 /// Delivers received batches to this worker's executors, each connection to the one
@@ -381,6 +384,7 @@ impl LocalRouter {
     pub fn for_runtime(runtime: &crate::runtime::TopologyRuntime) -> Self {
         let layout = runtime.layout();
         let (queues, dest) = runtime.local_queues();
+        let blocked = runtime.local_blocked();
         let mut executors: Vec<LocalExecutor> = Vec::new();
         for (task, d) in dest.iter().enumerate() {
             let Some(d) = *d else { continue };
@@ -395,6 +399,7 @@ impl LocalRouter {
                     last: task,
                     role: Role::of(layout, task),
                     queue: queues[d].clone(),
+                    blocked_ns: blocked.get(d).cloned().unwrap_or_default(),
                 }),
             }
         }
@@ -467,20 +472,26 @@ fn msg_kind(msg: &Msg) -> &'static str {
     }
 }
 
-/// Sends `batch` to `queue`, waiting while it is full. False when `stop` was raised. A queue whose executor has gone
-/// counts as delivered (shutting down).
-fn deliver(queue: &Sender<Packet>, batch: Vec<Envelope>, stop: &AtomicBool) -> bool {
+/// Sends `batch` to `exec`'s queue, waiting while it is full (the wait is added to
+/// the executor's blocked time). False when `stop` was raised. A queue whose executor
+/// has gone counts as delivered (shutting down).
+fn deliver(exec: &LocalExecutor, batch: Vec<Envelope>, stop: &AtomicBool) -> bool {
+    let queue = &exec.queue;
     let mut packet = match queue.try_send(Packet::Batch(batch)) {
         Ok(()) | Err(TrySendError::Disconnected(_)) => return true,
         Err(TrySendError::Full(p)) => p,
     };
-    loop {
+    let start = Instant::now();
+    let delivered = loop {
         match queue.send_timeout(packet, POLL) {
-            Ok(()) | Err(SendTimeoutError::Disconnected(_)) => return true,
+            Ok(()) | Err(SendTimeoutError::Disconnected(_)) => break true,
             Err(SendTimeoutError::Timeout(p)) if !stop.load(Ordering::Relaxed) => packet = p,
-            Err(SendTimeoutError::Timeout(_)) => return false,
+            Err(SendTimeoutError::Timeout(_)) => break false,
         }
-    }
+    };
+    exec.blocked_ns
+        .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    delivered
 }
 
 /// Why a server closed a connection.
@@ -754,7 +765,7 @@ impl ServerShared {
             bump(&c.frames_received, 1);
             bump(&c.bytes_received, frame.len() as u64 + 4);
             bump(&c.envelopes_received, batch.len() as u64);
-            if !deliver(&exec.queue, batch, &self.stop) {
+            if !deliver(exec, batch, &self.stop) {
                 return;
             }
         }
@@ -1498,6 +1509,7 @@ mod tests {
             last: TaskId(last),
             role,
             queue: queue.clone(),
+            blocked_ns: Arc::default(),
         }
     }
 
@@ -1713,12 +1725,34 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_waiting_on_a_full_queue_charges_the_executor_with_the_wait() {
+        let (q, r) = crossbeam_channel::bounded(1);
+        let e = exec(1, 1, Role::Bolt, &q);
+        let stop = AtomicBool::new(false);
+        assert!(deliver(&e, vec![tuple(1, 1, 1)], &stop));
+        assert_eq!(e.blocked_ns.load(Ordering::Relaxed), 0, "room: no wait");
+        let drain = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let first = r.recv().unwrap();
+            (first, r)
+        });
+        assert!(deliver(&e, vec![tuple(1, 2, 1)], &stop));
+        let blocked = e.blocked_ns.load(Ordering::Relaxed);
+        assert!(
+            (150_000_000..5_000_000_000).contains(&blocked),
+            "blocked {blocked} ns"
+        );
+        let (_, r) = drain.join().unwrap();
+        assert!(matches!(r.try_recv(), Ok(Packet::Batch(b)) if b == vec![tuple(1, 2, 1)]));
+    }
+
+    #[test]
     fn remote_executors_are_more_transfer_destinations() {
         let (q, r) = crossbeam_channel::bounded(4);
         let server = start_server(local(), vec![exec(1, 2, Role::Bolt, &q)]);
         let (remote, _lane) = lane(server.local_addr(), 1, 4);
         // In the sending worker, tasks 1 and 2 live behind the lane.
-        let mut transfer = Transfer::new(&[remote], &[None, Some(0), Some(0)], 8);
+        let mut transfer = Transfer::new(&[remote], &[], &[None, Some(0), Some(0)], 8);
         let sent: Vec<Envelope> = (0..20).map(|i| tuple(1, i, 1 + i % 2)).collect();
         for env in sent.iter().cloned() {
             transfer.push(env);
