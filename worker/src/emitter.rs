@@ -41,9 +41,12 @@ impl SpoutTracking {
     }
 }
 
-/// Reported errors are all kept and counted, but at most this many per executor are
-/// written to the log per [`ERROR_LOG_INTERVAL`] (Storm's
-/// `topology.max.error.report.per.interval` and `topology.error.throttle.interval.secs`).
+/// At most this many errors per executor are reported (kept for Nimbus and the UI) and
+/// written to the log per [`ERROR_LOG_INTERVAL`], as Storm throttles reports
+/// (`topology.max.error.report.per.interval`, `topology.error.throttle.interval.secs`).
+/// Reports and log lines are throttled together, so every error the UI shows has its
+/// line in the worker log (its link finds it); the next line written says how many were
+/// left out.
 const ERROR_LOG_BURST: u32 = 5;
 const ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -156,14 +159,15 @@ impl RuntimeEmitter {
         }
     }
 
-    /// Records an error of the current task; writes it to the log as one line with its
-    /// text verbatim (see [`crate::logging`]) unless this executor already wrote
-    /// [`ERROR_LOG_BURST`] errors in the last [`ERROR_LOG_INTERVAL`].
+    /// Records an error of the current task and writes it to the log as one line with
+    /// its text verbatim (see [`crate::logging`]), unless this executor already
+    /// reported [`ERROR_LOG_BURST`] errors in the last [`ERROR_LOG_INTERVAL`]: then it
+    /// is only counted, in the next line written.
     pub fn report(&mut self, error: String) {
         if let Some(suppressed) = self.error_lines.allow() {
             crate::logging::log_reported_error(&self.component, self.task, &error, suppressed);
+            self.errors.push(self.component.clone(), self.task, error);
         }
-        self.errors.push(self.component.clone(), self.task, error);
     }
 }
 

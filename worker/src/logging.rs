@@ -220,7 +220,8 @@ pub fn apply_log_levels(levels: &BTreeMap<String, String>) -> bool {
 
 /// Writes an error a task reported as one `ERROR` line containing `error` verbatim
 /// (line breaks written as `\n`), naming the component and task; `suppressed` errors
-/// of the same executor that were not written are mentioned after the text.
+/// of the same executor that were throttled since the last line are counted after the
+/// text.
 pub(crate) fn log_reported_error(
     component: &ComponentId,
     task: TaskId,
@@ -234,7 +235,7 @@ pub(crate) fn log_reported_error(
     };
     if suppressed > 0 {
         tracing::error!(%component, %task,
-            "{text} ({suppressed} similar errors of this executor not logged)");
+            "{text} ({suppressed} more errors of this executor were neither logged nor reported)");
     } else {
         tracing::error!(%component, %task, "{text}");
     }
