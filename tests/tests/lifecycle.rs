@@ -484,24 +484,49 @@ fn a_panic_payload_that_panics_on_drop_does_not_kill_the_executor() {
     rt.shutdown(Duration::from_secs(5));
 }
 
+#[derive(Clone)]
+struct Complainer;
+
+impl Bolt for Complainer {
+    fn execute(&mut self, input: Tuple, out: &mut OutputCollector<'_>) {
+        // Two errors per tuple.
+        let n = input.get_long(0).unwrap();
+        out.report_error(&format!("first complaint about {n}"));
+        out.report_error(&format!("second complaint about {n}"));
+        out.ack(&input);
+    }
+}
+
+#[test]
+fn errors_are_throttled_as_storm_throttles_reports() {
+    let events = Events::default();
+    let mut b = TopologyBuilder::new();
+    b.set_spout("tspout", Numbers::new("spout", Setup::Ok, 12, &events), 1);
+    b.set_bolt("tbolt", Complainer, 1)
+        .shuffle_grouping("tspout");
+    let topology = b.create_topology().unwrap();
+    let mut rt = start_worker(&topology, None);
+    assert!(wait_until(Duration::from_secs(30), || events
+        .get("spout.acked")
+        == 12));
+    // 24 errors within a second: the first 5 are reported (and logged), as with
+    // Storm's defaults (topology.max.error.report.per.interval 5 per 10 s).
+    assert_eq!(rt.error_total(), 5);
+    let kept: Vec<String> = rt.errors().into_iter().map(|e| e.error).collect();
+    assert_eq!(kept[0], "first complaint about 1");
+    assert_eq!(kept[4], "first complaint about 3");
+    rt.shutdown(Duration::from_secs(5));
+}
+
 #[test]
 fn errors_keep_their_sequence_past_the_ten_kept() {
-    // Every task of this bolt reports two errors per tuple.
-    #[derive(Clone)]
-    struct Complainer;
-    impl Bolt for Complainer {
-        fn execute(&mut self, input: Tuple, out: &mut OutputCollector<'_>) {
-            let n = input.get_long(0).unwrap();
-            out.report_error(&format!("first complaint about {n}"));
-            out.report_error(&format!("second complaint about {n}"));
-            out.ack(&input);
-        }
-    }
     let events = Events::default();
     let mut b = TopologyBuilder::new();
     b.set_spout("espout", Numbers::new("spout", Setup::Ok, 12, &events), 1);
+    // Storm's report throttle (5 per 10 s per executor) opened up for this test.
     b.set_bolt("ebolt", Complainer, 1)
-        .shuffle_grouping("espout");
+        .shuffle_grouping("espout")
+        .add_configuration("topology.max.error.report.per.interval", 1000);
     let topology = b.create_topology().unwrap();
     let mut rt = start_worker(&topology, None);
     assert!(wait_until(Duration::from_secs(30), || events

@@ -34,6 +34,11 @@ pub mod keys {
         "topology.sleep.spout.wait.strategy.time.ms";
     /// The topology's name, set by the runtime.
     pub const TOPOLOGY_NAME: &str = "topology.name";
+    /// Errors an executor reports (and logs) at most per throttle interval (default 5).
+    pub const TOPOLOGY_MAX_ERROR_REPORT_PER_INTERVAL: &str =
+        "topology.max.error.report.per.interval";
+    /// The interval of `topology.max.error.report.per.interval`, in seconds (default 10).
+    pub const TOPOLOGY_ERROR_THROTTLE_INTERVAL_SECS: &str = "topology.error.throttle.interval.secs";
 }
 
 /// Why a configuration value could not be used.
@@ -265,8 +270,22 @@ impl Config {
         self.u64_or(keys::TOPOLOGY_SLEEP_SPOUT_WAIT_STRATEGY_TIME_MS, 1)
     }
 
+    /// `topology.max.error.report.per.interval` (default 5, as Storm): errors an executor
+    /// reports and logs per `topology.error.throttle.interval.secs`; the rest are counted
+    /// in the next line logged.
+    pub fn max_error_report_per_interval(&self) -> Result<u64, ConfigError> {
+        self.positive(keys::TOPOLOGY_MAX_ERROR_REPORT_PER_INTERVAL, 5)
+    }
+
+    /// `topology.error.throttle.interval.secs` (default 10, as Storm).
+    pub fn error_throttle_interval_secs(&self) -> Result<u64, ConfigError> {
+        self.positive(keys::TOPOLOGY_ERROR_THROTTLE_INTERVAL_SECS, 10)
+    }
+
     /// Reads every key the runtime uses, so a bad value is reported at submission time.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.max_error_report_per_interval()?;
+        self.error_throttle_interval_secs()?;
         self.num_workers()?;
         self.num_ackers()?;
         self.max_spout_pending()?;

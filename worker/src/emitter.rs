@@ -41,15 +41,6 @@ impl SpoutTracking {
     }
 }
 
-/// At most this many errors per executor are reported (kept for Nimbus and the UI) and
-/// written to the log per [`ERROR_LOG_INTERVAL`], as Storm throttles reports
-/// (`topology.max.error.report.per.interval`, `topology.error.throttle.interval.secs`).
-/// Reports and log lines are throttled together, so every error the UI shows has its
-/// line in the worker log (its link finds it); the next line written says how many were
-/// left out.
-const ERROR_LOG_BURST: u32 = 5;
-const ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Everything an executor needs to emit, ack and fail.
 pub(crate) struct RuntimeEmitter {
     pub component: ComponentId,
@@ -81,6 +72,7 @@ impl RuntimeEmitter {
         transfer: Transfer,
         ackers: Vec<TaskId>,
         errors: Arc<ErrorLog>,
+        error_lines: LogLimiter,
         debug: bool,
         spout: Option<SpoutTracking>,
         input_rows: InputRows,
@@ -98,7 +90,7 @@ impl RuntimeEmitter {
             rng: fastrand::Rng::new(),
             scratch: Vec::with_capacity(8),
             errors,
-            error_lines: LogLimiter::new(ERROR_LOG_INTERVAL, ERROR_LOG_BURST),
+            error_lines,
             debug,
             spout,
         }
@@ -161,8 +153,10 @@ impl RuntimeEmitter {
 
     /// Records an error of the current task and writes it to the log as one line with
     /// its text verbatim (see [`crate::logging`]), unless this executor already
-    /// reported [`ERROR_LOG_BURST`] errors in the last [`ERROR_LOG_INTERVAL`]: then it
-    /// is only counted, in the next line written.
+    /// reported `topology.max.error.report.per.interval` errors in the last
+    /// `topology.error.throttle.interval.secs` (as Storm throttles reports): then it is
+    /// only counted, in the next line written. Reports and log lines are throttled
+    /// together, so every error the UI shows has its line in the worker log.
     pub fn report(&mut self, error: String) {
         if let Some(suppressed) = self.error_lines.allow() {
             crate::logging::log_reported_error(&self.component, self.task, &error, suppressed);

@@ -404,6 +404,10 @@ impl TopologyRuntime {
                 Transfer::new(&senders, &blocked, &dest_of_task, batch_size),
                 ackers.clone(),
                 errors.clone(),
+                crate::ratelimit::LogLimiter::new(
+                    Duration::from_secs(comp_conf.error_throttle_interval_secs()?),
+                    u32::try_from(comp_conf.max_error_report_per_interval()?).unwrap_or(u32::MAX),
+                ),
                 comp_conf.debug()?,
                 is_spout.then(|| SpoutTracking::new(n_tasks)),
                 input_rows,
