@@ -4,127 +4,10 @@
 //! --reject-every` (whose relay bolt reports some).
 
 mod common;
-use common::{
-    block, example, find_files, free_port, spawn_daemon, stdout, stop_daemons, wait_until,
-    word_count, SQUALL,
-};
+use common::ui::{UiCluster, PATIENCE};
+use common::{block, example, stdout, wait_until, word_count};
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::time::Duration;
-
-use squall_cluster::dev_zookeeper::ZooKeeperServer;
-use squall_cluster::rpc::NimbusClient;
-
-const PATIENCE: Duration = Duration::from_secs(90);
-
-struct Cluster {
-    _zk: ZooKeeperServer,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    nimbus_port: u16,
-    daemons: Vec<(Child, PathBuf)>,
-}
-
-impl Cluster {
-    /// ZooKeeper, Nimbus and one supervisor with two slots.
-    fn start() -> Cluster {
-        let zk = ZooKeeperServer::start_temp().expect("ZooKeeper starts");
-        let dir = tempfile::tempdir().unwrap();
-        let nimbus_port = free_port();
-        let base = format!(
-            "storm.zookeeper.servers: [\"127.0.0.1\"]\n\
-             storm.zookeeper.port: {}\n\
-             storm.zookeeper.session.timeout: 6000\n\
-             nimbus.seeds: [\"127.0.0.1\"]\n\
-             nimbus.thrift.port: {nimbus_port}\n\
-             storm.local.hostname: 127.0.0.1\n\
-             supervisor.monitor.frequency.secs: 1\n",
-            zk.port()
-        );
-        let config = dir.path().join("storm.yaml");
-        std::fs::write(&config, &base).unwrap();
-        let mut c = Cluster {
-            _zk: zk,
-            dir,
-            config,
-            nimbus_port,
-            daemons: Vec::new(),
-        };
-        for (what, extra) in [
-            ("nimbus", String::new()),
-            (
-                "supervisor",
-                format!(
-                    "supervisor.slots.ports: [{}, {}]\n",
-                    free_port(),
-                    free_port()
-                ),
-            ),
-        ] {
-            let d = c.dir.path().join(what);
-            std::fs::create_dir_all(&d).unwrap();
-            let f = d.join("storm.yaml");
-            std::fs::write(
-                &f,
-                format!(
-                    "{base}storm.local.dir: {}\n{extra}",
-                    d.join("local").display()
-                ),
-            )
-            .unwrap();
-            let log = d.join(format!("{what}.log"));
-            c.daemons.push((spawn_daemon(what, &f, &log), log));
-        }
-        let client = c.client();
-        assert!(
-            wait_until(PATIENCE, || {
-                block(client.cluster()).is_ok_and(|s| s.supervisors.len() == 1)
-            }),
-            "the cluster did not come up:\n{}",
-            c.logs()
-        );
-        c
-    }
-
-    fn client(&self) -> NimbusClient {
-        NimbusClient::new(&format!("127.0.0.1:{}", self.nimbus_port))
-    }
-
-    fn squall(&self, args: &[&str]) -> Output {
-        Command::new(SQUALL)
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .unwrap()
-    }
-
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        let logs = self
-            .daemons
-            .iter()
-            .map(|(_, l)| l.clone())
-            .chain(find_files(self.dir.path(), "worker.log"));
-        for log in logs {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(25).collect();
-            out.push_str(&format!("--- {} ---\n", log.display()));
-            for l in tail.into_iter().rev() {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        stop_daemons(self.daemons.iter_mut().rev().map(|(c, _)| c));
-    }
-}
+use std::path::Path;
 
 /// The data lines of `squall monitor`: (component, parallelism, stream, count, rate).
 fn monitor_lines(out: &str) -> Vec<(String, usize, String, u64, f64)> {
@@ -150,7 +33,7 @@ fn path_str(p: &Path) -> &str {
 
 #[test]
 fn get_errors_monitor_and_set_log_level_on_a_real_cluster() {
-    let c = Cluster::start();
+    let c = UiCluster::start("");
     let wc = word_count();
     let out = c.squall(&[
         "jar",

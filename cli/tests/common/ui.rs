@@ -253,6 +253,11 @@ impl UiCluster {
         self.daemons.push((what.to_owned(), child, log));
     }
 
+    /// A Nimbus client (no secret).
+    pub fn client(&self) -> squall_cluster::rpc::NimbusClient {
+        squall_cluster::rpc::NimbusClient::new(&format!("127.0.0.1:{}", self.nimbus_port))
+    }
+
     /// Runs `squall ARGS --config CONFIG`.
     pub fn squall(&self, args: &[&str]) -> Output {
         Command::new(SQUALL)
