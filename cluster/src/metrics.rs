@@ -170,6 +170,28 @@ impl StreamStats {
         out
     }
 
+    /// A row named `component` (inputs) and `stream` with the counts in this order:
+    /// emitted, transferred, acked, failed, timed_out, executed, execute_ns,
+    /// execute_samples, process_ns, process_samples, complete_us, complete_samples.
+    pub fn from_counts(
+        component: Option<&str>,
+        stream: &str,
+        counts: [u64; StreamStats::COUNTERS],
+    ) -> StreamStats {
+        let mut row = StreamStats {
+            component: component.map(str::to_owned),
+            stream: stream.to_owned(),
+            ..StreamStats::default()
+        };
+        for (field, v) in row.fields_mut().into_iter().zip(counts) {
+            *field = v;
+        }
+        row
+    }
+
+    /// How many counters a row has (see [`StreamStats::from_counts`]).
+    pub const COUNTERS: usize = 12;
+
     /// Mean execute latency in ms (0 without samples).
     pub fn execute_latency_ms(&self) -> f64 {
         mean(self.execute_ns, self.execute_samples) / 1e6
@@ -185,7 +207,7 @@ impl StreamStats {
         mean(self.complete_us, self.complete_samples) / 1e3
     }
 
-    fn fields(&self) -> [u64; 12] {
+    fn fields(&self) -> [u64; Self::COUNTERS] {
         [
             self.emitted,
             self.transferred,
@@ -202,7 +224,7 @@ impl StreamStats {
         ]
     }
 
-    fn fields_mut(&mut self) -> [&mut u64; 12] {
+    fn fields_mut(&mut self) -> [&mut u64; Self::COUNTERS] {
         [
             &mut self.emitted,
             &mut self.transferred,

@@ -1063,26 +1063,10 @@ async fn ui_log_search(
 }
 
 /// Nimbus's view of a topology, from the first Nimbus of `nimbus.seeds` that answers.
-/// (Not through `Ui::nimbus`: the compiler cannot prove that future `Send` inside an
-/// axum handler, as its `AsyncFn` borrows the client across an await.)
 async fn topology_page(ui: &Ui, id: &str) -> Result<squall_cluster::rpc::TopologyPage> {
-    let addrs = squall_cluster::rpc::nimbus_addresses(&ui.conf)
-        .map_err(|e| LogError::BadRequest(e.to_string()))?;
-    let mut last = None;
-    for addr in addrs {
-        let client = squall_cluster::rpc::NimbusClient::new(&addr)
-            .with_secret(ui.secret.clone())
-            .with_timeout(FAN_OUT_TIMEOUT);
-        match client.page(id).await {
-            Ok(page) => return Ok(page),
-            Err(e @ RpcError::Unreachable { .. }) => last = Some(e),
-            Err(e) => return Err(rpc_error(e)),
-        }
-    }
-    Err(last.map_or_else(
-        || LogError::Upstream("no Nimbus configured in nimbus.seeds".into()),
-        rpc_error,
-    ))
+    ui.nimbus(|c| async move { c.with_timeout(FAN_OUT_TIMEOUT).page(id).await })
+        .await
+        .map_err(rpc_error)
 }
 
 /// A bare IPv6 address in brackets, for URLs.

@@ -182,7 +182,11 @@ async fn cluster(State(f): State<AppState>) -> Response {
 }
 
 async fn list(State(f): State<AppState>) -> Response {
-    match f.with(|m| m.iter().map(|(n, t)| t.summary(n)).collect::<Vec<_>>()) {
+    match f.with(|m| {
+        m.iter()
+            .map(|(n, t)| t.summary(n, &t.runtime.heartbeats()))
+            .collect::<Vec<_>>()
+    }) {
         Some(rows) => Json(rows).into_response(),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "local cluster shut down"),
     }
@@ -217,8 +221,8 @@ async fn page(State(f): State<AppState>, Path(name): Path<String>) -> Response {
     let now = now_secs();
     let built = f.with(|m| {
         let (key, t) = find(m, &name)?;
-        let summary = t.summary(&key);
         let execs = t.runtime.heartbeats();
+        let summary = t.summary(&key, &execs);
         let errors = t
             .runtime
             .errors()
@@ -341,8 +345,11 @@ impl crate::local::LocalTopology {
         now_secs().saturating_sub(self.launched)
     }
 
-    fn summary(&self, name: &str) -> TopologySummary {
-        let executors = self.runtime.heartbeats();
+    fn summary(
+        &self,
+        name: &str,
+        executors: &[squall_cluster::state::ExecutorHeartbeat],
+    ) -> TopologySummary {
         let tasks: u32 = executors.iter().map(|e| e.last.0 - e.first.0 + 1).sum();
         TopologySummary {
             id: self.runtime.topology_id().to_owned(),

@@ -112,7 +112,7 @@ pub struct Row {
     pub complete_samples: u64,
 }
 
-const ROW_FIELDS: usize = 12;
+const ROW_FIELDS: usize = StreamStats::COUNTERS;
 
 impl Row {
     fn fields_mut(&mut self) -> [&mut u64; ROW_FIELDS] {
@@ -160,23 +160,12 @@ pub struct SharedRow([AtomicU64; ROW_FIELDS]);
 impl SharedRow {
     /// The counts, as a [`StreamStats`] row named `component` (inputs) and `stream`.
     pub fn load(&self, component: Option<&str>, stream: &str) -> StreamStats {
-        let v = |i: usize| self.0[i].load(Relaxed);
-        StreamStats {
-            component: component.map(str::to_owned),
-            stream: stream.to_owned(),
-            emitted: v(0),
-            transferred: v(1),
-            acked: v(2),
-            failed: v(3),
-            timed_out: v(4),
-            executed: v(5),
-            execute_ns: v(6),
-            execute_samples: v(7),
-            process_ns: v(8),
-            process_samples: v(9),
-            complete_us: v(10),
-            complete_samples: v(11),
-        }
+        // `Row::fields_mut` and `StreamStats::from_counts` share the counters' order.
+        StreamStats::from_counts(
+            component,
+            stream,
+            std::array::from_fn(|i| self.0[i].load(Relaxed)),
+        )
     }
 }
 
