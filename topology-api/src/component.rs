@@ -336,6 +336,28 @@ impl<'a> OutputCollector<'a> {
         tasks
     }
 
+    /// Emits on `stream` and pushes the tasks that receive the tuple onto `tasks` (which
+    /// is not cleared first): [`emit_with_task_ids`](Self::emit_with_task_ids) without
+    /// allocating.
+    pub fn emit_with_task_ids_into(
+        &mut self,
+        stream: &str,
+        anchors: &[&Tuple],
+        values: Values,
+        tasks: &mut Vec<TaskId>,
+    ) {
+        self.emitter.emit(
+            Emit {
+                stream,
+                anchors,
+                values,
+                direct_task: None,
+                message_id: None,
+            },
+            Some(tasks),
+        );
+    }
+
     /// Emits on direct stream `stream` to `task`.
     pub fn emit_direct(&mut self, task: TaskId, stream: &str, anchors: &[&Tuple], values: Values) {
         self.emitter.emit(

@@ -39,6 +39,9 @@ pub mod keys {
         "topology.max.error.report.per.interval";
     /// The interval of `topology.max.error.report.per.interval`, in seconds (default 10).
     pub const TOPOLOGY_ERROR_THROTTLE_INTERVAL_SECS: &str = "topology.error.throttle.interval.secs";
+    /// Trident: milliseconds between the starts of two batches (default 500).
+    pub const TOPOLOGY_TRIDENT_BATCH_EMIT_INTERVAL_MILLIS: &str =
+        "topology.trident.batch.emit.interval.millis";
 }
 
 /// Why a configuration value could not be used.
@@ -282,8 +285,14 @@ impl Config {
         self.positive(keys::TOPOLOGY_ERROR_THROTTLE_INTERVAL_SECS, 10)
     }
 
+    /// `topology.trident.batch.emit.interval.millis` (default 500, as Storm).
+    pub fn trident_batch_emit_interval_millis(&self) -> Result<u64, ConfigError> {
+        self.u64_or(keys::TOPOLOGY_TRIDENT_BATCH_EMIT_INTERVAL_MILLIS, 500)
+    }
+
     /// Reads every key the runtime uses, so a bad value is reported at submission time.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.trident_batch_emit_interval_millis()?;
         self.max_error_report_per_interval()?;
         self.error_throttle_interval_secs()?;
         self.num_workers()?;
