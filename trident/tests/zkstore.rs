@@ -257,6 +257,7 @@ fn the_store_recovers_after_zookeeper_restarts() {
         "{e}"
     );
     assert!(s.get("t/coordinator/currtx").is_err());
+    eprintln!("while down: {e}");
 
     // Back on the same port with the same data: the next call gets through.
     let mut opts = ZooKeeperOptions::new(data.path());

@@ -228,6 +228,7 @@ impl Inner {
 
     fn timed_out(&self, verb: &str, path: &str, last: Option<&zk::Error>) -> StoreError {
         let last = match last {
+            Some(zk::Error::NoHosts) => " (no server could be reached)".to_owned(),
             Some(e) => format!(" (last error: {e})"),
             None => String::new(),
         };
