@@ -340,6 +340,14 @@ pub struct WorkerLaunch {
     /// Nimbus RPC and worker-to-worker connection must prove knowledge of it.
     #[serde(default)]
     pub secret_file: Option<std::path::PathBuf>,
+    /// Cluster settings the worker hands its components underneath the topology's
+    /// configuration (Storm gives components the cluster config merged under the
+    /// topology's): the supervisor's `storm.zookeeper.servers`, `storm.zookeeper.port`,
+    /// `storm.zookeeper.root` and `storm.zookeeper.session.timeout`, so that Trident's
+    /// coordinators find the cluster's ZooKeeper. A key the topology sets wins. Empty in
+    /// launch files written before it existed and for standalone workers.
+    #[serde(default)]
+    pub cluster_conf: Config,
 }
 
 /// What a worker writes into its heartbeat file for the supervisor.

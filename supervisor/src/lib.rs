@@ -94,6 +94,30 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SupervisorE
     move |source| SupervisorError::Io { what, source }
 }
 
+/// The cluster keys a worker hands its components under the topology's configuration
+/// (as Storm merges the cluster config under the topology's): where the cluster's
+/// ZooKeeper is, so that Trident coordinators keep their state there. Values are this
+/// supervisor's, defaults filled in and normalized (servers as a list, the root without
+/// a trailing `/`, the session timeout in milliseconds).
+fn worker_cluster_conf(conf: &Config) -> Result<Config, squall_api::ConfigError> {
+    let servers: Vec<squall_api::Value> = conf
+        .zookeeper_servers()?
+        .into_iter()
+        .map(squall_api::Value::from)
+        .collect();
+    let timeout_ms =
+        u64::try_from(conf.zookeeper_session_timeout()?.as_millis()).unwrap_or(u64::MAX);
+    let mut out = Config::new();
+    out.set(keys::STORM_ZOOKEEPER_SERVERS, servers)
+        .set(
+            keys::STORM_ZOOKEEPER_PORT,
+            u64::from(conf.zookeeper_port()?),
+        )
+        .set(keys::STORM_ZOOKEEPER_ROOT, conf.zookeeper_root()?)
+        .set(keys::STORM_ZOOKEEPER_SESSION_TIMEOUT, timeout_ms);
+    Ok(out)
+}
+
 /// What the supervisor reads from its configuration once.
 struct Settings {
     id: String,
@@ -113,6 +137,8 @@ struct Settings {
     heartbeat: Duration,
     zk_timeout: Duration,
     start_time_secs: u64,
+    /// The cluster settings workers hand their components ([`WorkerLaunch::cluster_conf`]).
+    worker_cluster_conf: Config,
 }
 
 impl Settings {
@@ -163,6 +189,7 @@ impl Settings {
                 .zookeeper_session_timeout()?
                 .max(Duration::from_secs(5)),
             start_time_secs: now_secs(),
+            worker_cluster_conf: worker_cluster_conf(conf)?,
         })
     }
 
@@ -861,6 +888,7 @@ fn write_launch(s: &Settings, dir: &Path, port: u16, a: &Assignment) -> Result<P
         nimbus: s.nimbus.clone(),
         heartbeat_file: dir.join("heartbeat"),
         secret_file: s.secret_file.clone(),
+        cluster_conf: s.worker_cluster_conf.clone(),
     };
     let path = dir.join("launch.json");
     let json = serde_json::to_vec_pretty(&launch).expect("launch serializes");
@@ -928,4 +956,82 @@ fn spawn_worker(s: &Settings, port: u16, a: &Assignment, binary: &Path) -> Resul
         dir,
         log: log_path,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_get_the_clusters_zookeeper_settings_with_defaults_filled_in() {
+        let conf = squall_cluster::config::load(
+            None,
+            &[
+                "storm.zookeeper.servers=zk1".to_owned(),
+                "storm.zookeeper.root=/prod/".to_owned(),
+            ],
+        )
+        .unwrap();
+        let out = worker_cluster_conf(&conf).unwrap();
+        let keys: Vec<&str> = out.iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "storm.zookeeper.port",
+                "storm.zookeeper.root",
+                "storm.zookeeper.servers",
+                "storm.zookeeper.session.timeout"
+            ]
+        );
+        assert_eq!(out.zookeeper_connect_string().unwrap(), "zk1:2181");
+        assert_eq!(out.get_str("storm.zookeeper.root").unwrap(), Some("/prod"));
+        assert_eq!(
+            out.get_u64("storm.zookeeper.session.timeout").unwrap(),
+            Some(20_000)
+        );
+    }
+
+    #[test]
+    fn the_launch_file_carries_the_zookeeper_settings() {
+        let local = tempfile::tempdir().unwrap();
+        let conf = squall_cluster::config::load(
+            None,
+            &[
+                format!("storm.local.dir={}", local.path().display()),
+                "storm.zookeeper.servers=[zk1, zk2]".to_owned(),
+                "storm.zookeeper.port=2182".to_owned(),
+                "storm.zookeeper.session.timeout=9000".to_owned(),
+            ],
+        )
+        .unwrap();
+        let settings = Settings::from_conf(&conf).unwrap();
+        let mut topology_conf = Config::new();
+        topology_conf.set("topology.workers", 1);
+        let a = Assignment {
+            topology_id: "t-1-1".into(),
+            topology_name: "t".into(),
+            binary_sha256: String::new(),
+            args: Vec::new(),
+            conf: topology_conf.clone(),
+            executors: Vec::new(),
+            node_host: BTreeMap::new(),
+            slot_start_secs: BTreeMap::new(),
+            version: 1,
+            epoch: 1,
+        };
+        let dir = local.path().join("w");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = write_launch(&settings, &dir, 6700, &a).unwrap();
+        let launch: WorkerLaunch = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        // The topology's configuration is left as submitted; the cluster's settings ride
+        // beside it.
+        assert_eq!(launch.assignment.conf, topology_conf);
+        let zk = &launch.cluster_conf;
+        assert_eq!(zk.zookeeper_connect_string().unwrap(), "zk1:2182,zk2:2182");
+        assert_eq!(zk.zookeeper_root().unwrap(), "/squall");
+        assert_eq!(
+            zk.zookeeper_session_timeout().unwrap(),
+            Duration::from_secs(9)
+        );
+    }
 }

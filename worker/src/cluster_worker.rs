@@ -18,6 +18,10 @@
 //!   watches for SIGTERM (stop gracefully: spouts off, in-flight trees get
 //!   `supervisor.worker.shutdown.sleep.secs`, then exit 0) and for a dead executor (report
 //!   it to Nimbus, exit 1 so the supervisor restarts the worker).
+//!
+//! Components get the topology's configuration with the cluster settings of the launch
+//! file underneath ([`component_conf`]): the cluster's `storm.zookeeper.*`, unless the
+//! topology sets them.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -77,6 +81,21 @@ pub fn read_launch_file(path: &Path) -> Result<WorkerLaunch, WorkerError> {
     let p = path.display();
     let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read {p}: {e}")))?;
     serde_json::from_slice(&bytes).map_err(|e| fail(format!("invalid launch file {p}: {e}")))
+}
+
+/// The configuration this worker hands its components (`open` / `prepare`): the
+/// topology's, with the cluster settings of the launch file
+/// ([`WorkerLaunch::cluster_conf`]) underneath, as Storm merges the cluster config under
+/// the topology's. A key the topology sets wins; one it leaves unset or `null` takes the
+/// cluster's value. A launch file without cluster settings gives the topology's as is.
+pub fn component_conf(launch: &WorkerLaunch) -> Config {
+    let mut conf = launch.cluster_conf.clone();
+    for (key, value) in launch.assignment.conf.iter() {
+        if !value.is_null() || conf.get(key).is_none() {
+            conf.set(key, value.clone());
+        }
+    }
+    conf
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, WorkerError> {
@@ -370,7 +389,9 @@ pub fn run(topology: &Topology, launch: WorkerLaunch) -> Result<(), WorkerError>
         Some(p) => Some(Secret::from_file(p).map_err(|e| fail(e.to_string()))?),
         None => None,
     };
-    let a = &launch.assignment;
+    let mut assignment = launch.assignment.clone();
+    assignment.conf = component_conf(&launch);
+    let a = &assignment;
     let conf = a.conf.clone();
     let me = WorkerSlot {
         node: launch.supervisor_id.clone(),
@@ -756,7 +777,7 @@ mod tests {
     use std::io::{Read, Write};
 
     use squall_api::{values, Bolt, OutputCollector, Spout, SpoutOutputCollector, Tuple};
-    use squall_api::{OutputFieldsDeclarer, TopologyBuilder};
+    use squall_api::{OutputFieldsDeclarer, TopologyBuilder, Value};
     use squall_cluster::state::ExecutorAssignment;
 
     use super::*;
@@ -789,6 +810,60 @@ mod tests {
             version,
             epoch,
         }
+    }
+
+    fn launch_json(a: &Assignment) -> serde_json::Value {
+        serde_json::json!({
+            "topology_id": a.topology_id,
+            "topology_name": a.topology_name,
+            "supervisor_id": "n1",
+            "host": "127.0.0.1",
+            "port": 6700,
+            "assignment": a,
+            "nimbus": ["127.0.0.1:6627"],
+            "heartbeat_file": "/tmp/heartbeat",
+        })
+    }
+
+    #[test]
+    fn components_get_the_clusters_zookeeper_settings_under_the_topologys() {
+        let mut a = assignment(&[("s", 1, 1, 6700)], 1, 1);
+        a.conf
+            .set("topology.workers", 2)
+            .set("my.app.key", "x")
+            .set("storm.zookeeper.root", "/mine")
+            .set("storm.zookeeper.servers", Value::Null);
+
+        // A launch file written before the cluster settings existed still reads, and
+        // components get the topology's configuration as is.
+        let old: WorkerLaunch = serde_json::from_value(launch_json(&a)).unwrap();
+        assert!(old.cluster_conf.iter().next().is_none());
+        assert_eq!(component_conf(&old), a.conf);
+
+        let mut json = launch_json(&a);
+        json["cluster_conf"] = serde_json::json!({
+            "storm.zookeeper.servers": ["zk1", "zk2"],
+            "storm.zookeeper.port": 2182,
+            "storm.zookeeper.root": "/squall",
+            "storm.zookeeper.session.timeout": 20000,
+        });
+        let launch: WorkerLaunch = serde_json::from_value(json).unwrap();
+        let conf = component_conf(&launch);
+        // The topology's own keys stay; the root it set wins over the cluster's; the
+        // servers it left null and the keys it did not set come from the cluster.
+        assert_eq!(conf.get_u64("topology.workers").unwrap(), Some(2));
+        assert_eq!(conf.get_str("my.app.key").unwrap(), Some("x"));
+        assert_eq!(conf.zookeeper_root().unwrap(), "/mine");
+        assert_eq!(
+            conf.zookeeper_connect_string().unwrap(),
+            "zk1:2182,zk2:2182"
+        );
+        assert_eq!(
+            conf.zookeeper_session_timeout().unwrap(),
+            Duration::from_secs(20)
+        );
+        // Nothing else is added.
+        assert_eq!(conf.iter().count(), a.conf.iter().count() + 2);
     }
 
     #[test]
@@ -941,6 +1016,7 @@ mod tests {
             nimbus,
             heartbeat_file: dir.join("heartbeat"),
             secret_file: None,
+            cluster_conf: Config::new(),
         };
         let spec = dir.join("launch.json");
         std::fs::write(&spec, serde_json::to_vec(&launch).unwrap()).unwrap();

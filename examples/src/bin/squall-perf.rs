@@ -336,6 +336,7 @@ fn multi_process(a: &Args, name: &str, conf: &Config, topology: &Topology) -> an
             nimbus: Vec::new(),
             heartbeat_file: heartbeat_file.clone(),
             secret_file: None,
+            cluster_conf: Default::default(),
         };
         let spec = dir.join(format!("launch-{}.json", slot.port));
         std::fs::write(&spec, serde_json::to_vec(&launch)?)?;
