@@ -28,10 +28,11 @@ mod redis;
 
 pub use backend::{FlakyBackend, MapBackend};
 pub use map::{
-    CachedMap, NonTransactionalMap, OpaqueMap, OpaqueValue, TransactionalMap, TransactionalValue,
+    CachedMap, NonTransactionalMap, OpaqueMap, OpaqueValue, Snapshot, TransactionalMap,
+    TransactionalValue, DEFAULT_CACHE_SIZE,
 };
 pub use memory::{MemoryBackend, MemoryMapState};
-pub use redis::{RedisBackend, RedisMapState};
+pub use redis::{RedisBackend, RedisMapState, DEFAULT_REDIS_TIMEOUT};
 
 /// A key: the values of the group-by fields, in order.
 pub type Key = Vec<Value>;
