@@ -43,6 +43,7 @@ pub const DEFAULT_CACHE_SIZE: usize = 1000;
 /// What a transactional map stores for a key: the value and the txid of the batch that
 /// last changed it, `{"txid":5,"val":12}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TransactionalValue {
     /// The batch that last changed the value.
     pub txid: u64,
@@ -53,7 +54,11 @@ pub struct TransactionalValue {
 /// What an opaque map stores for a key: the value before and after the batch that last
 /// changed it, `{"txid":5,"prev":7,"curr":12}`. A replay of batch `txid` recomputes
 /// `curr` from `prev`.
+///
+/// `curr` is absent only when a replay of batch `txid` rolled back what a failed attempt
+/// of it wrote to a key that had no value before it: `{"txid":5}` reads as absent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OpaqueValue {
     /// The batch that last changed the value.
     pub txid: u64,
@@ -66,7 +71,12 @@ pub struct OpaqueValue {
     )]
     pub prev: Option<Value>,
     /// The value after batch `txid`: the current value.
-    pub curr: Value,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub curr: Option<Value>,
 }
 
 /// A field that is present is `Some`, even when it is `null` (a stored [`Value::Null`]).
@@ -246,22 +256,36 @@ impl<B: MapBackend> MapBackend for CachedMap<B> {
 // ---------------------------------------------------------------------------------------
 // The commit attempt in progress
 
-/// The commit attempt in progress: its txid, the keys it wrote, whether a write failed.
+/// The commit attempt in progress: its txid, the keys it wrote, whether a write failed,
+/// and the keys that earlier attempts of the same txid may have written.
 #[derive(Default)]
 struct Attempt {
     txid: Option<u64>,
     written: HashSet<Vec<u8>>,
     failed: Option<String>,
+    /// Keys that failed or abandoned attempts of `dirty_txid` wrote, or may have.
+    dirty: HashSet<Vec<u8>>,
+    dirty_txid: Option<u64>,
 }
 
 impl Attempt {
     fn begin(&mut self, txid: u64) {
+        if self.txid == Some(txid) {
+            // The previous attempt of this txid never committed: what it wrote counts
+            // as written by a failed attempt.
+            self.dirty.extend(self.written.drain());
+        }
+        if self.dirty_txid != Some(txid) {
+            self.dirty.clear();
+        }
+        self.dirty_txid = Some(txid);
         self.txid = Some(txid);
         self.written.clear();
         self.failed = None;
     }
 
-    fn end(&mut self, txid: u64) -> Result<(), StateError> {
+    /// Checks that `commit(txid)` may finish the attempt in progress.
+    fn check_end(&self, txid: u64) -> Result<(), StateError> {
         match self.txid {
             None => Err(StateError::new(format!(
                 "commit({txid}) without begin_commit({txid})"
@@ -269,18 +293,23 @@ impl Attempt {
             Some(open) if open != txid => Err(StateError::new(format!(
                 "commit({txid}) while the commit in progress is {open}"
             ))),
-            Some(_) => {
-                if let Some(why) = &self.failed {
-                    return Err(StateError::new(format!(
-                        "commit({txid}) after a failed write in the same attempt ({why}): \
-                         begin_commit({txid}) again to retry"
-                    )));
-                }
-                self.txid = None;
-                self.written.clear();
-                Ok(())
-            }
+            Some(_) => match &self.failed {
+                Some(why) => Err(StateError::new(format!(
+                    "commit({txid}) after a failed write in the same attempt ({why}): \
+                     begin_commit({txid}) again to retry"
+                ))),
+                None => Ok(()),
+            },
         }
+    }
+
+    fn end(&mut self, txid: u64) -> Result<(), StateError> {
+        self.check_end(txid)?;
+        self.txid = None;
+        self.written.clear();
+        self.dirty.clear();
+        self.dirty_txid = None;
+        Ok(())
     }
 
     /// The txid of the attempt `op` belongs to.
@@ -316,6 +345,8 @@ impl Attempt {
             }
             Err(e) => {
                 self.failed = Some(e.0.clone());
+                // Any of them may have been written.
+                self.dirty.extend(keys);
                 Err(e)
             }
         }
@@ -455,6 +486,13 @@ const OPAQUE: &str = r#"an opaque record {"txid":..,"prev":..,"curr":..}"#;
 /// its value before and after the batch that last changed it, so a replay of that batch,
 /// which may carry different tuples, is recomputed from the value before it.
 ///
+/// A replay may also touch other keys than the failed attempt did. Storm leaves a key
+/// that only the failed attempt touched with that attempt's value; here `commit` puts
+/// such keys back to their value before the batch (absent if they had none), for the
+/// attempts this map saw fail or be abandoned (begun again without `commit`). After a
+/// crash, the new process does not know what the lost attempt touched: a key that the
+/// replay leaves out then keeps the lost attempt's effect, as in Storm.
+///
 /// A stored txid other than the current one (normally older; newer only when the
 /// topology's txids started over) counts as an earlier batch.
 pub struct OpaqueMap<B> {
@@ -488,26 +526,47 @@ impl<B: MapBackend> OpaqueMap<B> {
         record: Option<OpaqueValue>,
         f: impl FnOnce(Option<Value>) -> Value,
     ) -> OpaqueValue {
-        let prev = match record {
-            None => None,
+        let (prev, base) = match record {
+            None => (None, None),
             // Updated earlier in this attempt: carry on from there.
-            Some(r) if self.attempt.written.contains(key) => {
-                let curr = f(Some(r.curr));
-                return OpaqueValue {
-                    txid,
-                    prev: r.prev,
-                    curr,
-                };
-            }
+            Some(r) if self.attempt.written.contains(key) => (r.prev, r.curr),
             // A replay of batch `txid`: start again from the value before it.
-            Some(r) if r.txid == txid => r.prev,
-            Some(r) => Some(r.curr),
+            Some(r) if r.txid == txid => (r.prev.clone(), r.prev),
+            Some(r) => (r.curr.clone(), r.curr),
         };
         OpaqueValue {
             txid,
-            curr: f(prev.clone()),
             prev,
+            curr: Some(f(base)),
         }
+    }
+
+    /// Puts the keys that failed or abandoned attempts of `txid` wrote, and this
+    /// attempt did not, back to their value before batch `txid`.
+    fn roll_back_stale(&mut self, txid: u64) -> Result<(), StateError> {
+        let stale: Vec<Vec<u8>> = self
+            .attempt
+            .dirty
+            .iter()
+            .filter(|k| !self.attempt.written.contains(*k))
+            .cloned()
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let records = self.read(&stale)?;
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for (key, record) in stale.into_iter().zip(records) {
+            if let Some(r) = record.filter(|r| r.txid == txid && r.curr != r.prev) {
+                values.push(encode_record(&OpaqueValue {
+                    txid,
+                    curr: r.prev.clone(),
+                    prev: r.prev,
+                })?);
+                keys.push(key);
+            }
+        }
+        self.attempt.write(&mut self.backend, keys, values)
     }
 }
 
@@ -518,6 +577,8 @@ impl<B: MapBackend> MapState for OpaqueMap<B> {
     }
 
     fn commit(&mut self, txid: u64) -> Result<(), StateError> {
+        self.attempt.check_end(txid)?;
+        self.roll_back_stale(txid)?;
         self.attempt.end(txid)
     }
 
@@ -534,7 +595,7 @@ impl<B: MapBackend> MapState for OpaqueMap<B> {
                 if self.attempt.txid == Some(r.txid) && !self.attempt.written.contains(k) {
                     r.prev
                 } else {
-                    Some(r.curr)
+                    r.curr
                 }
             })
             .collect())
@@ -553,7 +614,7 @@ impl<B: MapBackend> MapState for OpaqueMap<B> {
         for (i, (key, record)) in keys.iter().zip(stored).enumerate() {
             let next = self.next(txid, key, record, |base| update(i, base));
             values.push(encode_record(&next)?);
-            out.push(next.curr);
+            out.push(next.curr.unwrap_or_default());
         }
         self.attempt.write(&mut self.backend, keys, values)?;
         Ok(out)
@@ -671,14 +732,14 @@ impl Flavour {
         }
     }
 
-    /// The current value in the stored record `raw` of `key`.
-    pub(crate) fn current_value(self, key: &[u8], raw: &[u8]) -> Result<Value, StateError> {
+    /// The current value in the stored record `raw` of `key` (`None`: absent).
+    pub(crate) fn current_value(self, key: &[u8], raw: &[u8]) -> Result<Option<Value>, StateError> {
         Ok(match self {
             Flavour::Transactional => {
-                decode_record::<TransactionalValue>(key, raw, TRANSACTIONAL)?.val
+                Some(decode_record::<TransactionalValue>(key, raw, TRANSACTIONAL)?.val)
             }
             Flavour::Opaque => decode_record::<OpaqueValue>(key, raw, OPAQUE)?.curr,
-            Flavour::NonTransactional => decode_record(key, raw, PLAIN)?,
+            Flavour::NonTransactional => Some(decode_record(key, raw, PLAIN)?),
         })
     }
 }
@@ -701,9 +762,10 @@ impl Snapshot {
     ) -> Result<Self, StateError> {
         let mut entries = BTreeMap::new();
         for (k, raw) in stored {
-            let value = flavour.current_value(&k, &raw)?;
-            let key = decode_key(&k)?;
-            entries.insert(k, (key, value));
+            if let Some(value) = flavour.current_value(&k, &raw)? {
+                let key = decode_key(&k)?;
+                entries.insert(k, (key, value));
+            }
         }
         Ok(Snapshot { entries })
     }
@@ -1033,6 +1095,76 @@ mod tests {
         m.commit(2).unwrap();
         assert_eq!(get(&mut m, "a"), Some(11));
         assert_eq!(get(&mut m, "b"), Some(10));
+    }
+
+    #[test]
+    fn an_opaque_replay_puts_back_keys_only_the_failed_attempt_touched() {
+        let mut m = OpaqueMap::new(CachedMap::new(Counting::default(), 10));
+        m.begin_commit(1).unwrap();
+        add(&mut m, "a", 1);
+        add(&mut m, "b", 1);
+        m.commit(1).unwrap();
+
+        // Attempt 1 of txid 2 writes a, b and a new key c, then is abandoned (begun
+        // again without commit, e.g. another partition failed the batch).
+        m.begin_commit(2).unwrap();
+        let mut plus =
+            |_: usize, v: Option<Value>| Value::Int(v.and_then(|v| v.as_i64()).unwrap_or(0) + 10);
+        m.multi_update(&[k("a"), k("b"), k("c")], &mut plus)
+            .unwrap();
+        // Attempt 2 carries another batch: only a.
+        m.begin_commit(2).unwrap();
+        assert_eq!(
+            get(&mut m, "b"),
+            Some(1),
+            "during the replay, b reads as before txid 2"
+        );
+        assert_eq!(add(&mut m, "a", 5), 6);
+        m.commit(2).unwrap();
+        assert_eq!(get(&mut m, "a"), Some(6));
+        assert_eq!(get(&mut m, "b"), Some(1));
+        assert_eq!(get(&mut m, "c"), None);
+        let raw = m.backend.inner().mem.entries();
+        assert_eq!(raw[2], (br#"["c"]"#.to_vec(), br#"{"txid":2}"#.to_vec()));
+        let snap = Snapshot::decode(Flavour::Opaque, raw).unwrap();
+        assert_eq!(snap.len(), 2, "a rolled-back new key is absent");
+
+        // The next batch builds on the rolled-back values; c starts afresh.
+        m.begin_commit(3).unwrap();
+        assert_eq!(
+            m.multi_update(&[k("b"), k("c")], &mut plus).unwrap(),
+            vec![Value::Int(11), Value::Int(10)]
+        );
+        m.commit(3).unwrap();
+    }
+
+    #[test]
+    fn an_opaque_rollback_survives_failed_writes() {
+        let mut m = OpaqueMap::new(CachedMap::new(Counting::default(), 10));
+        m.begin_commit(1).unwrap();
+        add(&mut m, "a", 1);
+        add(&mut m, "b", 1);
+        m.commit(1).unwrap();
+
+        // Attempt 1 of txid 2: the write of a and b fails after writing a.
+        m.begin_commit(2).unwrap();
+        m.backend.inner_mut().fail_next_put = Some(1);
+        let mut plus =
+            |_: usize, v: Option<Value>| Value::Int(v.and_then(|v| v.as_i64()).unwrap_or(0) + 10);
+        m.multi_update(&[k("a"), k("b")], &mut plus).unwrap_err();
+        // Attempt 2: only b; its rollback of a fails in commit.
+        m.begin_commit(2).unwrap();
+        assert_eq!(add(&mut m, "b", 2), 3);
+        m.backend.inner_mut().fail_next_put = Some(0);
+        assert_eq!(m.commit(2).unwrap_err().0, "disk full");
+        // Attempt 3: only c; a and b both need putting back.
+        m.begin_commit(2).unwrap();
+        assert_eq!(add(&mut m, "c", 7), 7);
+        m.commit(2).unwrap();
+        assert_eq!(
+            (get(&mut m, "a"), get(&mut m, "b"), get(&mut m, "c")),
+            (Some(1), Some(1), Some(7))
+        );
     }
 
     #[test]
