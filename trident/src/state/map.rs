@@ -306,9 +306,11 @@ impl Attempt {
     fn end(&mut self, txid: u64) -> Result<(), StateError> {
         self.check_end(txid)?;
         self.txid = None;
-        self.written.clear();
+        // The batch may still fail elsewhere (another partition) and be replayed with
+        // the same txid: until another txid begins, what it wrote counts as written by
+        // an earlier attempt.
         self.dirty.clear();
-        self.dirty_txid = None;
+        self.dirty.extend(self.written.drain());
         Ok(())
     }
 
@@ -486,12 +488,13 @@ const OPAQUE: &str = r#"an opaque record {"txid":..,"prev":..,"curr":..}"#;
 /// its value before and after the batch that last changed it, so a replay of that batch,
 /// which may carry different tuples, is recomputed from the value before it.
 ///
-/// A replay may also touch other keys than the failed attempt did. Storm leaves a key
-/// that only the failed attempt touched with that attempt's value; here `commit` puts
-/// such keys back to their value before the batch (absent if they had none), for the
-/// attempts this map saw fail or be abandoned (begun again without `commit`). After a
-/// crash, the new process does not know what the lost attempt touched: a key that the
-/// replay leaves out then keeps the lost attempt's effect, as in Storm.
+/// A replay may also touch other keys than an earlier attempt did. Storm leaves a key
+/// that only the earlier attempt touched with that attempt's value; here `commit` puts
+/// such keys back to their value before the batch (absent if they had none), for every
+/// earlier attempt of the txid this map saw: failed, abandoned (begun again without
+/// `commit`) or committed here but failed elsewhere (begun again after `commit`). After
+/// a crash, the new process does not know what the lost attempts touched: a key that
+/// the replay leaves out then keeps their effect, as in Storm.
 ///
 /// A stored txid other than the current one (normally older; newer only when the
 /// topology's txids started over) counts as an earlier batch.
@@ -544,13 +547,15 @@ impl<B: MapBackend> OpaqueMap<B> {
     /// Puts the keys that failed or abandoned attempts of `txid` wrote, and this
     /// attempt did not, back to their value before batch `txid`.
     fn roll_back_stale(&mut self, txid: u64) -> Result<(), StateError> {
-        let stale: Vec<Vec<u8>> = self
+        let mut stale: Vec<Vec<u8>> = self
             .attempt
             .dirty
             .iter()
             .filter(|k| !self.attempt.written.contains(*k))
             .cloned()
             .collect();
+        // In a fixed order, so that a run (and its injected failures) can be replayed.
+        stale.sort_unstable();
         if stale.is_empty() {
             return Ok(());
         }
@@ -1136,6 +1141,26 @@ mod tests {
             vec![Value::Int(11), Value::Int(10)]
         );
         m.commit(3).unwrap();
+    }
+
+    #[test]
+    fn an_opaque_replay_after_commit_puts_back_what_the_committed_attempt_touched() {
+        // The batch committed on this partition but failed on another one: the replay
+        // (same txid, another batch) must not keep this partition's first result.
+        let mut m = OpaqueMap::new(MemoryBackend::new());
+        m.begin_commit(1).unwrap();
+        add(&mut m, "a", 1);
+        add(&mut m, "b", 2);
+        m.commit(1).unwrap();
+        m.begin_commit(1).unwrap();
+        add(&mut m, "a", 4);
+        m.commit(1).unwrap();
+        assert_eq!((get(&mut m, "a"), get(&mut m, "b")), (Some(4), None));
+        // Once another txid begins, txid 1 is final.
+        m.begin_commit(2).unwrap();
+        add(&mut m, "b", 1);
+        m.commit(2).unwrap();
+        assert_eq!((get(&mut m, "a"), get(&mut m, "b")), (Some(4), Some(1)));
     }
 
     #[test]

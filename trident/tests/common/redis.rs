@@ -68,7 +68,10 @@ impl RedisServer {
     /// A new connection to the server (reads and writes time out after 5 s).
     pub fn connection(&self) -> ::redis::Connection {
         connect(&self.url(), Duration::from_secs(5)).unwrap_or_else(|e| {
-            panic!("cannot connect to the test redis-server at {}: {e}", self.url())
+            panic!(
+                "cannot connect to the test redis-server at {}: {e}",
+                self.url()
+            )
         })
     }
 
