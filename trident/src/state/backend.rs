@@ -3,6 +3,9 @@
 
 use super::StateError;
 
+/// A stored key and its value, as a backend holds them.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// Raw storage of a map state (Storm's `IBackingMap`): keys and values are byte
 /// strings (the flavours encode them). Implement it to add a store.
 ///

@@ -4,26 +4,7 @@
 //! `OpaqueMap`, `NonTransactionalMap` over an `IBackingMap`); the factories put a
 //! [`CachedMap`] between the two, as Storm's do.
 //!
-//! # What is stored
-//! Keys are the JSON array of the key's values (`["the"]`, `["nl",2024]`); records are
-//! JSON objects, so that `redis-cli GET` shows them as they are:
-//!
-//! | flavour | record | example |
-//! |---|---|---|
-//! | transactional | [`TransactionalValue`] | `{"txid":5,"val":12}` |
-//! | opaque | [`OpaqueValue`] | `{"txid":5,"prev":7,"curr":12}` (`prev` left out when the key first appeared in batch 5) |
-//! | non-transactional | the value | `12` |
-//!
-//! Values are written as plain JSON: [`Value::Bytes`] becomes an array of numbers and
-//! reads back as a [`Value::List`], and a NaN float reads back as `null`.
-//!
-//! # One commit attempt
-//! Between `begin_commit(txid)` and `commit(txid)` a flavour remembers the keys it wrote
-//! (Storm's `CachedBatchReadsMap`): a key updated twice in the same attempt accumulates,
-//! while a key that already carries `txid` from an earlier, failed attempt is treated as
-//! the flavour says (skipped, or recomputed from `prev`). After a failed write the
-//! attempt is over: further updates and `commit` fail until `begin_commit` starts the
-//! next attempt.
+//! See the [module above](super) for what is stored and how commit attempts behave.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -34,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use squall_api::Value;
 
+use super::backend::Entry;
 use super::{Key, MapBackend, MapState, StateError};
 
 /// How many keys a partition caches unless told otherwise (Storm's
@@ -763,7 +745,7 @@ impl Snapshot {
     /// Decodes stored `(key, record)` pairs of a `flavour` map.
     pub(crate) fn decode(
         flavour: Flavour,
-        stored: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+        stored: impl IntoIterator<Item = Entry>,
     ) -> Result<Self, StateError> {
         let mut entries = BTreeMap::new();
         for (k, raw) in stored {

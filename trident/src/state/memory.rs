@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use squall_api::Config;
 
-use super::backend::WriteFailures;
+use super::backend::{Entry, WriteFailures};
 use super::map::{Flavour, Snapshot, DEFAULT_CACHE_SIZE};
 use super::{MapBackend, MapState, StateContext, StateError, StateFactory};
 
@@ -40,7 +40,7 @@ impl MemoryBackend {
     }
 
     /// Every stored key and value, sorted by key.
-    pub fn entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pub fn entries(&self) -> Vec<Entry> {
         let mut all: Vec<_> = self
             .lock()
             .iter()

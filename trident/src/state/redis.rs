@@ -2,8 +2,8 @@
 //! read by anyone with `redis-cli`.
 //!
 //! A state's keys are `<prefix><key as JSON>`, e.g. `wordcount:counts:["the"]`, with the
-//! records of its flavour as plain Redis strings (see [`map`](super::TransactionalValue)
-//! for their JSON). The default prefix is `<topology name>:<state name>:`, so a topology
+//! records of its flavour as plain Redis strings (see [the state module](super) for
+//! their JSON). The default prefix is `<topology name>:<state name>:`, so a topology
 //! that is killed and submitted again carries on with its state. One partition reads
 //! with one `MGET` and writes with one `MSET` (atomic in Redis), over its own
 //! synchronous connection; after an error the connection is dropped and opened again
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use squall_api::Config;
 
-use super::backend::WriteFailures;
+use super::backend::{Entry, WriteFailures};
 use super::map::{Flavour, Snapshot, DEFAULT_CACHE_SIZE};
 use super::{MapBackend, MapState, StateContext, StateError, StateFactory};
 
@@ -127,7 +127,7 @@ impl RedisBackend {
 
     /// Every key under the prefix (prefix removed) with its value, read with `SCAN` and
     /// `MGET`. Not atomic: for tests and examples, on a state at rest.
-    pub fn scan(&mut self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    pub fn scan(&mut self) -> Result<Vec<Entry>, StateError> {
         let pattern = [glob_escape(&self.prefix), b"*".to_vec()].concat();
         let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut cursor: u64 = 0;
