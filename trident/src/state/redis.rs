@@ -330,7 +330,8 @@ impl RedisMapState {
     }
 
     /// How long connecting, and each read or write, may take ([`DEFAULT_REDIS_TIMEOUT`]
-    /// unless told otherwise); a call that takes longer fails the batch.
+    /// unless told otherwise; zero means the default); a call that takes longer fails
+    /// the batch.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
