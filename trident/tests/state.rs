@@ -539,7 +539,7 @@ fn redis_that_stops_answering_times_out_and_the_next_call_reconnects() {
     let Factory::Redis(f) = Factory::redis(&server, Opaque).with_cache_size(0) else {
         unreachable!()
     };
-    let f = f.with_timeout(Duration::from_millis(300));
+    let f = f.with_timeout(Duration::from_secs(1));
     let mut s = f
         .make_state(&Config::default(), &ctx("wc", "counts"))
         .unwrap();
@@ -550,8 +550,8 @@ fn redis_that_stops_answering_times_out_and_the_next_call_reconnects() {
     let err = s.multi_get(&[key("a")]).unwrap_err();
     let waited = started.elapsed();
     server.resume();
-    assert!(err.0.ends_with("failed: no answer within 300ms"), "{err}");
-    assert!(waited < Duration::from_secs(3), "gave up after {waited:?}");
+    assert!(err.0.ends_with("failed: no answer within 1s"), "{err}");
+    assert!(waited < Duration::from_secs(4), "gave up after {waited:?}");
     // The late answer to the timed-out MGET is never read as the answer to a later call.
     assert_eq!(get(&mut *s, "a"), Some(7));
     assert_eq!(commit(&mut *s, 2, &[("a", 1), ("b", 2)]).unwrap(), [8, 2]);
