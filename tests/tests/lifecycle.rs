@@ -451,7 +451,7 @@ struct Thrower(Arc<AtomicU64>);
 
 impl Bolt for Thrower {
     fn execute(&mut self, input: Tuple, out: &mut OutputCollector<'_>) {
-        if self.0.fetch_add(1, Ordering::SeqCst) % 3 == 0 {
+        if self.0.fetch_add(1, Ordering::SeqCst).is_multiple_of(3) {
             std::panic::panic_any(Grenade);
         }
         out.ack(&input);

@@ -352,7 +352,7 @@ pub(crate) fn run_bolt(
             let stream = tuple.schema().index;
             let row = core.emitter.input_rows.row(stream);
             sample = sample.wrapping_add(1);
-            let start = (sample % SAMPLE_EVERY == 0).then(Instant::now);
+            let start = sample.is_multiple_of(SAMPLE_EVERY).then(Instant::now);
             if let Some(at) = start {
                 // The tuple carries its receipt time to its ack (process latency).
                 tuple.set_sample_stamp(core.emitter.stamp(at));

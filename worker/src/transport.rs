@@ -1541,7 +1541,7 @@ mod tests {
     /// The sender and sequence number can be read back with [`origin`].
     fn tuple(sender: u32, seq: u32, task: u32) -> Envelope {
         let root = (u64::from(sender) << 32) | u64::from(seq);
-        let msg = if seq % 2 == 0 {
+        let msg = if seq.is_multiple_of(2) {
             let mut map = BTreeMap::new();
             map.insert("k".to_owned(), Value::from(-1.25));
             map.insert("nested".to_owned(), Value::List(vec![Value::Null]));

@@ -14,8 +14,36 @@
 //! | non-transactional | `value` | applied again (at-least-once) |
 //!
 //! Storage is a [`MapBackend`], a small trait over bytes: in memory
-//! ([`MemoryBackend`]) or in Redis ([`RedisBackend`]). The flavours encode what they
-//! store (JSON) and cache recent keys.
+//! ([`MemoryBackend`], made by [`MemoryMapState`]) or in Redis ([`RedisBackend`], made by
+//! [`RedisMapState`]). The flavours encode what they store (JSON), and each partition
+//! caches its [`DEFAULT_CACHE_SIZE`] most recent keys ([`CachedMap`]; a failed write
+//! drops its keys from the cache). Every `multi_get` and `multi_put` is one round trip
+//! to the store, whatever the number of keys.
+//!
+//! # What is stored
+//! Keys are the JSON array of the key's values (`["the"]`, `["nl",2024]`); records are
+//! JSON objects, so that `redis-cli GET` shows them as they are:
+//!
+//! | flavour | record | example |
+//! |---|---|---|
+//! | transactional | [`TransactionalValue`] | `{"txid":5,"val":12}` |
+//! | opaque | [`OpaqueValue`] | `{"txid":5,"prev":7,"curr":12}` (`prev` left out when the key first appeared in batch 5) |
+//! | non-transactional | the value | `12` |
+//!
+//! Values are written as plain JSON: [`Value::Bytes`] becomes an array of numbers and
+//! reads back as a [`Value::List`], and a NaN float reads back as `null`. Keys that
+//! differ only that way are the same key in the store.
+//!
+//! # Commit attempts
+//! Between `begin_commit(txid)` and `commit(txid)` a flavour remembers the keys it wrote
+//! (Storm's `CachedBatchReadsMap`): a key updated twice in the same attempt accumulates,
+//! while a key that already carries `txid` from an earlier attempt is treated as the
+//! flavour says (skipped, or recomputed from `prev`). After a failed write the attempt
+//! is over: further updates and `commit` fail until `begin_commit` starts the next
+//! attempt. An opaque map also puts back the keys that only an earlier attempt of the
+//! txid touched (see [`OpaqueMap`]). During a commit, an opaque map reads a key that
+//! carries the committing txid from an earlier attempt as its value before that batch,
+//! as Storm's does; outside commits it reads the current value.
 
 use std::fmt;
 
@@ -26,12 +54,13 @@ mod map;
 mod memory;
 mod redis;
 
-pub use backend::{FlakyBackend, MapBackend};
+pub use backend::{Entry, FlakyBackend, MapBackend};
 pub use map::{
-    CachedMap, NonTransactionalMap, OpaqueMap, OpaqueValue, TransactionalMap, TransactionalValue,
+    CachedMap, NonTransactionalMap, OpaqueMap, OpaqueValue, Snapshot, TransactionalMap,
+    TransactionalValue, DEFAULT_CACHE_SIZE,
 };
 pub use memory::{MemoryBackend, MemoryMapState};
-pub use redis::{RedisBackend, RedisMapState};
+pub use redis::{RedisBackend, RedisMapState, DEFAULT_REDIS_TIMEOUT};
 
 /// A key: the values of the group-by fields, in order.
 pub type Key = Vec<Value>;
