@@ -10,7 +10,16 @@
 //! - [`DrpcInvocations`]: what a topology's DRPC spout and result bolt use to fetch
 //!   requests and answer them; implemented by [`LocalDrpc`] and, over the network, by
 //!   [`RemoteInvocations`].
-//! - `server`: the `squall drpc` daemon.
+//! - `server` (feature `server`): the `squall drpc` daemon, with Squall's JSON API on
+//!   `drpc.port` and Storm's DRPC HTTP on `drpc.http.port`; [`api`] is its wire format.
+//!
+//! The daemon and [`LocalDrpc`] share one core: per function a queue of pending
+//! requests; a client waits until the topology answers or fails its request, or until
+//! `drpc.request.timeout.secs` ([`DrpcError::Timeout`]). A function that was being
+//! fetched and then is not fetched for `squall.drpc.fetcher.timeout.secs` (its topology
+//! was killed or died) fails its outstanding requests at once ([`DrpcError::Failed`])
+//! instead of leaving them hanging; requests for a function never fetched wait for the
+//! request timeout, as in Storm, since a topology may still be starting.
 #![deny(missing_docs)]
 
 use serde::{Deserialize, Serialize};
@@ -73,8 +82,12 @@ pub trait DrpcInvocations: Send + Sync + 'static {
     fn fail(&self, server: &str, id: &str, message: &str) -> Result<(), DrpcError>;
 }
 
+pub mod api;
 mod client;
+mod core;
 mod local;
+#[cfg(feature = "server")]
+pub mod server;
 
 pub use client::{DrpcClient, RemoteInvocations};
 pub use local::LocalDrpc;
