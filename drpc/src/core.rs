@@ -430,6 +430,7 @@ impl Core {
         }
     }
 
+    #[cfg(any(feature = "server", test))]
     /// [`fetch`](Self::fetch) for async callers: waits without blocking the thread.
     pub(crate) async fn fetch_async(
         &self,
@@ -496,6 +497,7 @@ impl Core {
         Ok(())
     }
 
+    #[cfg(any(feature = "server", test))]
     /// Fails every outstanding request with `error` and refuses new ones with it; wakes
     /// every fetcher.
     pub(crate) fn close(&self, error: DrpcError) {
@@ -575,6 +577,7 @@ impl Ticket {
         }
     }
 
+    #[cfg(any(feature = "server", test))]
     /// Waits for the outcome without blocking the thread.
     pub(crate) async fn wait_async(mut self) -> Outcome {
         loop {

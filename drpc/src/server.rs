@@ -209,14 +209,16 @@ impl DrpcServer {
 pub async fn start(conf: Config, shutdown: CancellationToken) -> Result<(), DrpcServerError> {
     let server = DrpcServer::bind(&conf).await?;
     let a = server.addrs().clone();
-    let off = |addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let on = |what: &str, addr: Option<SocketAddr>, key: &str| match addr {
+        Some(addr) => format!("{what} on {addr} ({key})"),
+        None => format!("no {what} ({key} is -1)"),
+    };
     tracing::info!(
-        "DRPC server {}: API on {} (drpc.port), invocations on {} (drpc.invocations.port), \
-         Storm's DRPC HTTP on {} (drpc.http.port); requests time out after {} s",
+        "DRPC server {}: API on {} (drpc.port), {}, {}; requests time out after {} s",
         a.server,
         a.api,
-        off(a.invocations),
-        off(a.http),
+        on("invocations API", a.invocations, "drpc.invocations.port"),
+        on("Storm's DRPC HTTP", a.http, "drpc.http.port"),
         conf.drpc_request_timeout()?.as_secs()
     );
     println!(
