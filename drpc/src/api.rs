@@ -82,7 +82,8 @@ pub struct ExecuteResponse {
 pub struct FetchRequest {
     /// The function served.
     pub function: String,
-    /// The most requests to take (at least 1; default 1).
+    /// The most requests to take (default 1). 0 takes nothing and does not wait: it only
+    /// tells the server that the function is still served (a heartbeat).
     #[serde(default = "one")]
     pub max: usize,
     /// How long to wait for a request when none is pending, in ms (at most 1000;

@@ -450,9 +450,6 @@ impl RemoteInvocations {
 
 impl DrpcInvocations for RemoteInvocations {
     fn fetch(&self, function: &str, max: usize) -> Result<Vec<DrpcRequest>, DrpcError> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
         let now = Instant::now();
         let n = self.servers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -467,7 +464,7 @@ impl DrpcInvocations for RemoteInvocations {
         let mut first_error = None;
         let mut answered = false;
         for (k, server) in order.iter().enumerate() {
-            let wait = if k + 1 == order.len() {
+            let wait = if k + 1 == order.len() && max > 0 {
                 FETCH_WAIT
             } else {
                 Duration::ZERO
@@ -493,7 +490,8 @@ impl DrpcInvocations for RemoteInvocations {
                 }
                 Err(f) => {
                     if matches!(f.error, DrpcError::Refused(_)) {
-                        // A bad request, not a bad server.
+                        // A bad request, not a bad server (after a pause: no spinning).
+                        std::thread::sleep(FETCH_WAIT);
                         return Err(f.error);
                     }
                     server.mark(Some(&f.error));

@@ -6,14 +6,16 @@
 //!   answer, a failure or a timeout. A ticket dropped before its answer (a client that
 //!   went away) withdraws its request.
 //! - [`Core::fetch`] / [`Core::fetch_async`] take up to `max` pending requests of a
-//!   function, waiting a short while (a long poll) when none is pending.
+//!   function, waiting a short while (a long poll) when none is pending. `max` 0 takes
+//!   nothing and does not wait: a heartbeat of a fetcher that cannot take requests now.
 //! - [`Core::result`] / [`Core::fail`] answer a request; an id that is not outstanding
 //!   (never issued, answered already, timed out) is refused.
 //!
 //! Expiry needs no background task: each waiter wakes at its own next deadline (its
 //! request timeout, or the moment its function's fetcher would count as gone) and
-//! expires what is due. A function whose fetcher falls silent for the fetcher timeout
-//! fails every outstanding request (fetched or not) and counts as unserved again, so
+//! expires what is due. A function whose fetcher falls silent (no fetch, result or fail)
+//! for the fetcher timeout fails every outstanding request (fetched or not) and counts
+//! as unserved again, so
 //! later requests wait for a new fetcher (a redeployed topology) up to the request
 //! timeout, as requests for a function never fetched do.
 //!
@@ -232,8 +234,8 @@ impl State {
         };
         let ago = now.saturating_duration_since(last).as_secs_f64().round() as u64;
         let message = format!(
-            "no topology is serving DRPC function '{function}' any more (last fetch {ago} s \
-             ago); was it killed?"
+            "no topology is serving DRPC function '{function}' any more (no fetch or answer \
+             for {ago} s); was it killed?"
         );
         let ids: Vec<String> = self
             .requests
@@ -312,6 +314,18 @@ impl State {
             }
         }
         out
+    }
+
+    /// Removes request `id`, being answered; the answer shows its function is still
+    /// served (as a fetch does).
+    fn answered(&mut self, id: &str) -> Result<Request, DrpcError> {
+        let req = self.remove(id).ok_or_else(|| unknown_id(id))?;
+        if let Some(f) = self.functions.get_mut(&req.function) {
+            if f.last_fetch.is_some() {
+                f.last_fetch = Some(Instant::now());
+            }
+        }
+        Ok(req)
     }
 
     /// Forgets functions without requests whose fetcher is gone (at most once a second).
@@ -410,9 +424,8 @@ impl Core {
         wait: Duration,
     ) -> Result<Vec<DrpcRequest>, DrpcError> {
         check_function(function)?;
-        if max == 0 {
-            return Ok(Vec::new());
-        }
+        // `max` 0 takes nothing: it only tells that the function is still served.
+        let wait = if max == 0 { Duration::ZERO } else { wait };
         let deadline = Instant::now() + wait;
         let mut st = lock(&self.state);
         loop {
@@ -439,9 +452,7 @@ impl Core {
         wait: Duration,
     ) -> Result<Vec<DrpcRequest>, DrpcError> {
         check_function(function)?;
-        if max == 0 {
-            return Ok(Vec::new());
-        }
+        let wait = if max == 0 { Duration::ZERO } else { wait };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let arrivals = {
@@ -480,7 +491,7 @@ impl Core {
     /// Answers request `id` with `result`.
     pub(crate) fn result(&self, id: &str, result: &str) -> Result<(), DrpcError> {
         let mut st = lock(&self.state);
-        let req = st.remove(id).ok_or_else(|| unknown_id(id))?;
+        let req = st.answered(id)?;
         req.completion.complete(Ok(result.to_owned()));
         Ok(())
     }
@@ -488,7 +499,7 @@ impl Core {
     /// Fails request `id`: its client gets [`DrpcError::Failed`] with `message`.
     pub(crate) fn fail(&self, id: &str, message: &str) -> Result<(), DrpcError> {
         let mut st = lock(&self.state);
-        let req = st.remove(id).ok_or_else(|| unknown_id(id))?;
+        let req = st.answered(id)?;
         let function = req.function.clone();
         req.completion.complete(Err(DrpcError::Failed {
             function,
@@ -791,6 +802,38 @@ mod tests {
         });
         assert_eq!(t.wait(), Ok("done".to_owned()));
         answerer.join().unwrap();
+    }
+
+    #[test]
+    fn heartbeats_and_answers_keep_a_function_served() {
+        let c = core(60_000, 300);
+        let first = c.submit("f", "a").unwrap();
+        let second = c.submit("f", "b").unwrap();
+        let ids: Vec<String> = c
+            .fetch("f", 2, Duration::ZERO)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let c2 = c.clone();
+        let topology = std::thread::spawn(move || {
+            // Heartbeats (max 0: nothing taken, no wait) for twice the fetcher timeout.
+            for _ in 0..6 {
+                let start = Instant::now();
+                assert!(c2.fetch("f", 0, Duration::from_secs(5)).unwrap().is_empty());
+                assert!(start.elapsed() < Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // Then only answers: the second comes 450 ms after the last heartbeat (over
+            // the fetcher timeout) but 250 ms after the first answer (within it).
+            std::thread::sleep(Duration::from_millis(100));
+            c2.result(&ids[0], "A").unwrap();
+            std::thread::sleep(Duration::from_millis(250));
+            c2.result(&ids[1], "B").unwrap();
+        });
+        assert_eq!(first.wait(), Ok("A".to_owned()));
+        assert_eq!(second.wait(), Ok("B".to_owned()));
+        topology.join().unwrap();
     }
 
     #[test]

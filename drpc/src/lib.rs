@@ -74,6 +74,12 @@ pub enum DrpcError {
 pub trait DrpcInvocations: Send + Sync + 'static {
     /// Takes up to `max` pending requests of `function` (possibly none). Waits at most
     /// a short while (well under a second) for one to arrive when none is pending.
+    ///
+    /// Fetches also tell the server that the function is served: one that saw fetches
+    /// and then none (nor results or fails) for `squall.drpc.fetcher.timeout.secs`
+    /// fails its outstanding requests as if the topology were killed. A fetcher that
+    /// cannot take requests for a while (a slow batch) keeps the function alive with
+    /// `max` 0, which takes nothing and does not wait.
     fn fetch(&self, function: &str, max: usize) -> Result<Vec<DrpcRequest>, DrpcError>;
     /// Answers request `id` (held by `server`) with `result`.
     fn result(&self, server: &str, id: &str, result: &str) -> Result<(), DrpcError>;

@@ -399,9 +399,6 @@ async fn fetch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<FetchResponse>, Refusal> {
     let req: FetchRequest = parse(body, r#"{"function": "...", "max": 1, "wait_ms": 200}"#)?;
-    if req.max == 0 {
-        return Err(Refusal::new(BAD_REQUEST, "max must be at least 1"));
-    }
     let wait = match req.wait_ms {
         None => FETCH_WAIT,
         Some(ms) if ms <= MAX_FETCH_WAIT_MS => std::time::Duration::from_millis(ms),

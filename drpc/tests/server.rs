@@ -333,6 +333,33 @@ fn a_topology_that_stops_fetching_fails_its_fetched_and_pending_requests() {
 }
 
 #[test]
+fn a_busy_topology_keeps_its_requests_alive_with_heartbeats() {
+    let d = Daemon::start("squall.drpc.fetcher.timeout.secs: 1");
+    let inv = RemoteInvocations::from_conf(&conf(&[d.api()])).unwrap();
+    let c = d.client();
+    let call = std::thread::spawn(move || c.execute("slow", "x"));
+    let r = loop {
+        if let Some(r) = inv.fetch("slow", 1).unwrap().pop() {
+            break r;
+        }
+    };
+    // A slow batch: for 2.5 s (over twice the fetcher timeout) the topology takes no
+    // requests, but says it is alive with fetches of max 0, which never wait.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(2500) {
+        let beat = Instant::now();
+        assert!(inv.fetch("slow", 0).unwrap().is_empty());
+        assert!(
+            beat.elapsed() < Duration::from_millis(150),
+            "a heartbeat does not wait"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    inv.result(&r.server, &r.id, "slow but alive").unwrap();
+    assert_eq!(call.join().unwrap().unwrap(), "slow but alive");
+}
+
+#[test]
 fn concurrent_clients_each_get_their_own_answer() {
     let d = Daemon::start("");
     let topo = Topology::serve(
@@ -527,10 +554,10 @@ fn bad_requests_get_clear_json_errors_and_the_server_keeps_serving() {
     check(
         "POST",
         "/drpc/v1/fetch",
-        br#"{"function": "upper", "max": 0}"#,
+        br#"{"function": "upper", "max": -1}"#,
         400,
         "BAD_REQUEST",
-        "max",
+        "not the JSON this endpoint takes",
     );
     check(
         "POST",
