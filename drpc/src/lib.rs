@@ -16,8 +16,9 @@
 //! The daemon and [`LocalDrpc`] share one core: per function a queue of pending
 //! requests; a client waits until the topology answers or fails its request, or until
 //! `drpc.request.timeout.secs` ([`DrpcError::Timeout`]). A function that was being
-//! fetched and then is not fetched for `squall.drpc.fetcher.timeout.secs` (its topology
-//! was killed or died) fails its outstanding requests at once ([`DrpcError::Failed`])
+//! fetched and then is neither fetched nor answered for
+//! `squall.drpc.fetcher.timeout.secs` (its topology was killed or died) fails its
+//! outstanding requests at once ([`DrpcError::Failed`])
 //! instead of leaving them hanging; requests for a function never fetched wait for the
 //! request timeout, as in Storm, since a topology may still be starting.
 #![deny(missing_docs)]
@@ -31,8 +32,8 @@ pub struct DrpcRequest {
     pub id: String,
     /// The function's argument.
     pub args: String,
-    /// Which server holds the waiting client (`host:port` of its invocations API; empty
-    /// for a [`LocalDrpc`]). Answers go back there.
+    /// Which server holds the waiting client (`host:port` of its DRPC API, `drpc.port`;
+    /// empty for a [`LocalDrpc`]). Answers go back there.
     pub server: String,
 }
 
