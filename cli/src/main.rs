@@ -1,8 +1,9 @@
 //! `squall`: the command line, in the shape of Storm's `bin/storm`.
 //!
 //! The binary only parses arguments and dispatches: daemons live in their crates
-//! (`squall-nimbus`, `squall-supervisor`, `squall-ui`), submission in the topology binary
-//! itself, the operator's commands (`get-errors`, `monitor`, `set_log_level`) in `operate`.
+//! (`squall-nimbus`, `squall-supervisor`, `squall-ui`, `squall-drpc`), submission in the
+//! topology binary itself, the operator's commands (`get-errors`, `monitor`,
+//! `set_log_level`) in `operate`, `drpc-client` in `drpc`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,6 +22,7 @@ use squall_worker::local_nimbus::LOCAL_NIMBUS_PORT_ENV;
 use squall_worker::submitter::{CONF_ENV, LAUNCH_ENV, LOCAL_TTL_ENV, NIMBUS_ENV};
 use tokio_util::sync::CancellationToken;
 
+mod drpc;
 mod operate;
 
 #[derive(Parser)]
@@ -154,6 +156,23 @@ enum Cmd {
     Logviewer,
     /// Run a development ZooKeeper (data in dev.zookeeper.path, port storm.zookeeper.port).
     DevZookeeper,
+    /// Run the DRPC server: Squall's DRPC API on drpc.port (and drpc.invocations.port),
+    /// Storm's DRPC HTTP on drpc.http.port.
+    Drpc,
+    /// Call DRPC functions on drpc.servers and print `FUNCTION "ARGUMENT" => "RESULT"` per
+    /// call: `-f FUNCTION ARGUMENT...`, or `FUNCTION ARGUMENT` pairs.
+    ///
+    /// Stops with a non-zero exit at the first error (a timeout, a request the topology
+    /// failed, no server reachable).
+    #[command(name = "drpc-client")]
+    DrpcClient {
+        /// Call this function with each argument.
+        #[arg(short = 'f', long = "function")]
+        function: Option<String>,
+        /// The arguments (with -f), or FUNCTION ARGUMENT pairs.
+        #[arg(value_name = "ARGS", allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Print the version.
     Version,
 }
@@ -525,6 +544,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             squall_cluster::dev_zookeeper::run_dev_zookeeper(&conf)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Drpc => {
+            init_logging("info");
+            run_daemon(conf, squall_drpc::server::start)
+        }
+        Cmd::DrpcClient { function, args } => {
+            drpc::run(&conf, function.as_deref(), args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Version => {
             println!("Squall {}", squall_cluster::VERSION);
             Ok(ExitCode::SUCCESS)
@@ -564,7 +591,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(hoist_config_flags(std::env::args().collect()));
     if !matches!(
         cli.cmd,
-        Cmd::Nimbus | Cmd::Supervisor | Cmd::Ui | Cmd::Logviewer
+        Cmd::Nimbus | Cmd::Supervisor | Cmd::Ui | Cmd::Logviewer | Cmd::Drpc
     ) {
         init_logging("warn");
     }

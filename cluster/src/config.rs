@@ -100,6 +100,20 @@ pub mod keys {
     pub const WORKER_LOG_MAX_FILES: &str = "worker.log.max.files";
     /// Minutes the logs of a topology no longer assigned on a machine are kept.
     pub const LOGVIEWER_CLEANUP_AGE_MINS: &str = "logviewer.cleanup.age.mins";
+    /// Hosts running `squall drpc` (a list; an entry may be `host:port`).
+    pub const DRPC_SERVERS: &str = "drpc.servers";
+    /// Port of the DRPC server's API (clients and topologies).
+    pub const DRPC_PORT: &str = "drpc.port";
+    /// Port serving the same DRPC API as `drpc.port` (-1: off).
+    pub const DRPC_INVOCATIONS_PORT: &str = "drpc.invocations.port";
+    /// Port of Storm's DRPC HTTP interface (-1: off).
+    pub const DRPC_HTTP_PORT: &str = "drpc.http.port";
+    /// Seconds a DRPC request waits for its answer.
+    pub const DRPC_REQUEST_TIMEOUT_SECS: &str = "drpc.request.timeout.secs";
+    /// Largest request body the DRPC server reads, in bytes.
+    pub const DRPC_MAX_BUFFER_SIZE: &str = "drpc.max_buffer_size";
+    /// Seconds without a fetch after which a served DRPC function's requests fail.
+    pub const SQUALL_DRPC_FETCHER_TIMEOUT_SECS: &str = "squall.drpc.fetcher.timeout.secs";
 
     /// Keys Squall reads that have no default in `defaults.yaml`.
     pub const WITHOUT_DEFAULT: &[&str] = &[STORM_LOCAL_HOSTNAME, SQUALL_SECRET_FILE];
@@ -512,6 +526,20 @@ pub trait ClusterConfig {
     fn logviewer_host(&self) -> Result<String, ConfigError>;
     /// `dev.zookeeper.path`: the data directory of `squall dev-zookeeper`.
     fn dev_zookeeper_path(&self) -> Result<PathBuf, ConfigError>;
+    /// `drpc.servers`: the hosts running `squall drpc` (non-empty; `host` or `host:port`).
+    fn drpc_servers(&self) -> Result<Vec<String>, ConfigError>;
+    /// `drpc.port` (0 asks the OS for a free port).
+    fn drpc_port(&self) -> Result<u16, ConfigError>;
+    /// `drpc.invocations.port` (`None`: off, written -1; 0 asks the OS for a free port).
+    fn drpc_invocations_port(&self) -> Result<Option<u16>, ConfigError>;
+    /// `drpc.http.port` (`None`: off, written -1; 0 asks the OS for a free port).
+    fn drpc_http_port(&self) -> Result<Option<u16>, ConfigError>;
+    /// `drpc.request.timeout.secs`.
+    fn drpc_request_timeout(&self) -> Result<Duration, ConfigError>;
+    /// `drpc.max_buffer_size` (positive).
+    fn drpc_max_buffer_size(&self) -> Result<u64, ConfigError>;
+    /// `squall.drpc.fetcher.timeout.secs`.
+    fn drpc_fetcher_timeout(&self) -> Result<Duration, ConfigError>;
     /// Reads every key above, so a daemon reports a bad value when it starts.
     fn validate_cluster(&self) -> Result<(), ConfigError>;
 }
@@ -676,6 +704,34 @@ impl ClusterConfig for Config {
         path(self, keys::DEV_ZOOKEEPER_PATH)
     }
 
+    fn drpc_servers(&self) -> Result<Vec<String>, ConfigError> {
+        host_list(self, keys::DRPC_SERVERS)
+    }
+
+    fn drpc_port(&self) -> Result<u16, ConfigError> {
+        port(self, keys::DRPC_PORT, 0)
+    }
+
+    fn drpc_invocations_port(&self) -> Result<Option<u16>, ConfigError> {
+        optional_port(self, keys::DRPC_INVOCATIONS_PORT)
+    }
+
+    fn drpc_http_port(&self) -> Result<Option<u16>, ConfigError> {
+        optional_port(self, keys::DRPC_HTTP_PORT)
+    }
+
+    fn drpc_request_timeout(&self) -> Result<Duration, ConfigError> {
+        secs(self, keys::DRPC_REQUEST_TIMEOUT_SECS)
+    }
+
+    fn drpc_max_buffer_size(&self) -> Result<u64, ConfigError> {
+        positive(self, keys::DRPC_MAX_BUFFER_SIZE)
+    }
+
+    fn drpc_fetcher_timeout(&self) -> Result<Duration, ConfigError> {
+        secs(self, keys::SQUALL_DRPC_FETCHER_TIMEOUT_SECS)
+    }
+
     fn validate_cluster(&self) -> Result<(), ConfigError> {
         self.get_str(keys::STORM_LOCAL_HOSTNAME)?;
         self.get_str(keys::SQUALL_SECRET_FILE)?;
@@ -704,6 +760,13 @@ impl ClusterConfig for Config {
         self.logviewer_port()?;
         self.logviewer_host()?;
         self.dev_zookeeper_path()?;
+        self.drpc_servers()?;
+        self.drpc_port()?;
+        self.drpc_invocations_port()?;
+        self.drpc_http_port()?;
+        self.drpc_request_timeout()?;
+        self.drpc_max_buffer_size()?;
+        self.drpc_fetcher_timeout()?;
         Ok(())
     }
 }
@@ -754,6 +817,22 @@ fn port(conf: &Config, key: &str, min: u64) -> Result<u16, ConfigError> {
         Some(p) if p >= min && p <= 65535 => Ok(p as u16),
         _ if min == 0 => Err(invalid(key, "a port number between 0 and 65535", v)),
         _ => Err(invalid(key, "a port number between 1 and 65535", v)),
+    }
+}
+
+/// A port that may be turned off with a negative number (`-1`).
+fn optional_port(conf: &Config, key: &str) -> Result<Option<u16>, ConfigError> {
+    let v = lookup(conf, key);
+    match v {
+        Value::Int(i) if *i < 0 => Ok(None),
+        _ => match as_u64(v) {
+            Some(p) if p <= 65535 => Ok(Some(p as u16)),
+            _ => Err(invalid(
+                key,
+                "a port number between 0 and 65535, or -1 to turn it off",
+                v,
+            )),
+        },
     }
 }
 
@@ -878,6 +957,13 @@ mod tests {
             c.dev_zookeeper_path().unwrap(),
             PathBuf::from("/tmp/dev-storm-zookeeper")
         );
+        assert_eq!(c.drpc_servers().unwrap(), vec!["localhost"]);
+        assert_eq!(c.drpc_port().unwrap(), 3772);
+        assert_eq!(c.drpc_invocations_port().unwrap(), Some(3773));
+        assert_eq!(c.drpc_http_port().unwrap(), Some(3774));
+        assert_eq!(c.drpc_request_timeout().unwrap(), Duration::from_secs(600));
+        assert_eq!(c.drpc_max_buffer_size().unwrap(), 1 << 20);
+        assert_eq!(c.drpc_fetcher_timeout().unwrap(), Duration::from_secs(10));
         // The topology keys are plain values, read by squall_api::Config's accessors.
         assert_eq!(c.message_timeout_secs().unwrap(), 30);
         assert_eq!(c.num_workers().unwrap(), 1);
@@ -925,6 +1011,13 @@ mod tests {
             keys::LOGVIEWER_CLEANUP_AGE_MINS,
             keys::UI_PORT,
             keys::DEV_ZOOKEEPER_PATH,
+            keys::DRPC_SERVERS,
+            keys::DRPC_PORT,
+            keys::DRPC_INVOCATIONS_PORT,
+            keys::DRPC_HTTP_PORT,
+            keys::DRPC_REQUEST_TIMEOUT_SECS,
+            keys::DRPC_MAX_BUFFER_SIZE,
+            keys::SQUALL_DRPC_FETCHER_TIMEOUT_SECS,
             squall_api::config::keys::TOPOLOGY_MESSAGE_TIMEOUT_SECS,
             squall_api::config::keys::TOPOLOGY_WORKERS,
         ] {
@@ -1233,6 +1326,30 @@ mod tests {
             .dev_zookeeper_path()
             .map(drop))
         .contains("'dev.zookeeper.path'"));
+        assert!(err("drpc.servers: []", |c| c.drpc_servers().map(drop))
+            .starts_with("config key 'drpc.servers'"));
+        assert!(err("drpc.port: -1", |c| c.drpc_port().map(drop))
+            .contains("'drpc.port' must be a port number between 0 and 65535"));
+        assert!(
+            err("drpc.http.port: 70000", |c| c.drpc_http_port().map(drop))
+                .contains("'drpc.http.port' must be a port number between 0 and 65535, or -1")
+        );
+        assert!(err("drpc.request.timeout.secs: 0", |c| c
+            .drpc_request_timeout()
+            .map(drop))
+        .contains("'drpc.request.timeout.secs' must be a positive integer"));
+        assert!(err("squall.drpc.fetcher.timeout.secs: x", |c| c
+            .drpc_fetcher_timeout()
+            .map(drop))
+        .contains("'squall.drpc.fetcher.timeout.secs'"));
+    }
+
+    #[test]
+    fn drpc_side_ports_turn_off_with_minus_one() {
+        let c = load_str("drpc.http.port: -1\ndrpc.invocations.port: 0").unwrap();
+        assert_eq!(c.drpc_http_port().unwrap(), None);
+        assert_eq!(c.drpc_invocations_port().unwrap(), Some(0));
+        c.validate_cluster().unwrap();
     }
 
     #[test]

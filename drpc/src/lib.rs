@@ -10,7 +10,17 @@
 //! - [`DrpcInvocations`]: what a topology's DRPC spout and result bolt use to fetch
 //!   requests and answer them; implemented by [`LocalDrpc`] and, over the network, by
 //!   [`RemoteInvocations`].
-//! - `server`: the `squall drpc` daemon.
+//! - `server` (feature `server`): the `squall drpc` daemon, with Squall's JSON API on
+//!   `drpc.port` and Storm's DRPC HTTP on `drpc.http.port`; [`api`] is its wire format.
+//!
+//! The daemon and [`LocalDrpc`] share one core: per function a queue of pending
+//! requests; a client waits until the topology answers or fails its request, or until
+//! `drpc.request.timeout.secs` ([`DrpcError::Timeout`]). A function that was being
+//! fetched and then is neither fetched nor answered for
+//! `squall.drpc.fetcher.timeout.secs` (its topology was killed or died) fails its
+//! outstanding requests at once ([`DrpcError::Failed`])
+//! instead of leaving them hanging; requests for a function never fetched wait for the
+//! request timeout, as in Storm, since a topology may still be starting.
 #![deny(missing_docs)]
 
 use serde::{Deserialize, Serialize};
@@ -22,8 +32,8 @@ pub struct DrpcRequest {
     pub id: String,
     /// The function's argument.
     pub args: String,
-    /// Which server holds the waiting client (`host:port` of its invocations API; empty
-    /// for a [`LocalDrpc`]). Answers go back there.
+    /// Which server holds the waiting client (`host:port` of its DRPC API, `drpc.port`;
+    /// empty for a [`LocalDrpc`]). Answers go back there.
     pub server: String,
 }
 
@@ -65,6 +75,12 @@ pub enum DrpcError {
 pub trait DrpcInvocations: Send + Sync + 'static {
     /// Takes up to `max` pending requests of `function` (possibly none). Waits at most
     /// a short while (well under a second) for one to arrive when none is pending.
+    ///
+    /// Fetches also tell the server that the function is served: one that saw fetches
+    /// and then none (nor results or fails) for `squall.drpc.fetcher.timeout.secs`
+    /// fails its outstanding requests as if the topology were killed. A fetcher that
+    /// cannot take requests for a while (a slow batch) keeps the function alive with
+    /// `max` 0, which takes nothing and does not wait.
     fn fetch(&self, function: &str, max: usize) -> Result<Vec<DrpcRequest>, DrpcError>;
     /// Answers request `id` (held by `server`) with `result`.
     fn result(&self, server: &str, id: &str, result: &str) -> Result<(), DrpcError>;
@@ -73,8 +89,12 @@ pub trait DrpcInvocations: Send + Sync + 'static {
     fn fail(&self, server: &str, id: &str, message: &str) -> Result<(), DrpcError>;
 }
 
+pub mod api;
 mod client;
+mod core;
 mod local;
+#[cfg(feature = "server")]
+pub mod server;
 
 pub use client::{DrpcClient, RemoteInvocations};
 pub use local::LocalDrpc;
