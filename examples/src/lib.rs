@@ -1,5 +1,5 @@
 //! Components of the example topologies: WordCountTopology (as in Storm's storm-starter)
-//! and the perf topologies (as in Storm's storm-perf).
+//! and the perf topologies (as in Storm's storm-perf), and TridentWordCount ([`trident`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -11,6 +11,8 @@ use squall_api::{
     OutputFieldsDeclarer, Spout, SpoutOutputCollector, Topology, TopologyBuilder, TopologyContext,
     TopologyError, Tuple, Value,
 };
+
+pub mod trident;
 
 /// The five sentences of Storm's `RandomSentenceSpout`.
 pub const SENTENCES: [&str; 5] = [

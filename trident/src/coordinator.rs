@@ -102,6 +102,7 @@ pub(crate) struct Coordinator {
     active: bool,
     committers: bool,
     drpc: Option<(String, Arc<dyn DrpcInvocations>)>,
+    last_fetch: Instant,
 }
 
 impl Coordinator {
@@ -122,6 +123,7 @@ impl Coordinator {
             active: true,
             committers,
             drpc: None,
+            last_fetch: Instant::now(),
         }
     }
 
@@ -311,6 +313,14 @@ impl Spout for Coordinator {
         // replay.
         let replaying = self.in_flight.values().any(|tx| tx.phase == Phase::ToEmit);
         if !self.active || replaying || self.in_flight.len() >= self.max_pending {
+            // A DRPC server fails the requests of a function nobody fetches any more:
+            // tell it this topology is still there while it is busy.
+            if let Some((function, drpc)) = &self.drpc {
+                if self.active && now.duration_since(self.last_fetch) > Duration::from_secs(2) {
+                    self.last_fetch = now;
+                    let _ = drpc.fetch(function, 0);
+                }
+            }
             return;
         }
         if self

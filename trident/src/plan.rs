@@ -443,7 +443,6 @@ pub(crate) fn compile(graph: &Graph) -> Result<Plan, String> {
     // Children, layouts and slots.
     let mut nodes: Vec<PNode> = Vec::with_capacity(n);
     for (i, node) in graph.nodes.iter().enumerate() {
-        let stage = node_stage[i];
         let entry = !matches!(node.placement, Placement::Chain);
         let parent = node.parents.first().copied();
         let (layout, nsegs) = match (&node.kind, entry) {
