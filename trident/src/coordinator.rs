@@ -75,6 +75,8 @@ struct Tx {
     not_before: Instant,
     /// The DRPC request of the batch (DRPC groups), or null.
     payload: Value,
+    /// When the batch was first emitted.
+    started: Instant,
 }
 
 /// What the coordinator stores.
@@ -169,7 +171,11 @@ impl Coordinator {
                 return;
             }
             if !self.committers {
-                self.in_flight.remove(&txid);
+                let tx = self.in_flight.remove(&txid).expect("in flight");
+                crate::metrics::record_commit(
+                    &self.plan.groups[self.group].txstate,
+                    tx.started.elapsed(),
+                );
                 self.stored.committed = txid;
                 if let Err(e) = self.save() {
                     tracing::warn!("Trident coordinator: cannot store committed txid {txid}: {e}");
@@ -199,10 +205,12 @@ impl Coordinator {
 
     fn replay_all(&mut self, why: &str) {
         let now = Instant::now();
+        let group = &self.plan.groups[self.group].txstate;
         for (&txid, tx) in self.in_flight.iter_mut() {
             if tx.phase == Phase::Committing {
                 continue;
             }
+            crate::metrics::record_replays(group, 1);
             tx.failures += 1;
             let backoff = Duration::from_millis(50u64 << tx.failures.min(6));
             tx.phase = Phase::ToEmit;
@@ -273,6 +281,7 @@ impl Spout for Coordinator {
                     failures: 0,
                     not_before: Instant::now(),
                     payload: Value::Null,
+                    started: Instant::now(),
                 },
             );
             self.next_txid = c + 1;
@@ -360,6 +369,7 @@ impl Spout for Coordinator {
                 failures: 0,
                 not_before: now,
                 payload,
+                started: now,
             },
         );
         self.emit_batch(out, txid);
@@ -381,7 +391,11 @@ impl Spout for Coordinator {
                 tx.failures = 0;
             }
             (KIND_COMMIT, Phase::Committing) => {
-                self.in_flight.remove(&txid);
+                let tx = self.in_flight.remove(&txid).expect("in flight");
+                crate::metrics::record_commit(
+                    &self.plan.groups[self.group].txstate,
+                    tx.started.elapsed(),
+                );
                 self.stored.committed = txid;
                 self.stored.committing = None;
                 if let Err(e) = self.save() {
@@ -418,6 +432,7 @@ impl Spout for Coordinator {
                 tx.failures += 1;
                 tx.phase = Phase::ToEmit;
                 tx.not_before = Instant::now() + Duration::from_millis(50u64 << tx.failures.min(6));
+                crate::metrics::record_replays(&self.plan.groups[self.group].txstate, 1);
             }
             _ => {}
         }

@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod coordinator;
+pub mod metrics;
 pub mod operation;
 mod plan;
 pub mod spout;
