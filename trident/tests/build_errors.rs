@@ -17,8 +17,7 @@ fn noop(_t: &TridentTuple<'_>, _out: &mut TridentCollector) -> Result<(), BoxErr
 
 fn error_of(t: TridentTopology) -> String {
     t.build()
-        .err()
-        .expect("the topology must be refused")
+        .expect_err("the topology must be refused")
         .to_string()
 }
 
