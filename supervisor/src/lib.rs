@@ -96,7 +96,8 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SupervisorE
 
 /// The cluster keys a worker hands its components under the topology's configuration
 /// (as Storm merges the cluster config under the topology's): where the cluster's
-/// ZooKeeper is, so that Trident coordinators keep their state there. Values are this
+/// ZooKeeper is, so that Trident coordinators keep their state there, and where its DRPC
+/// servers are (`drpc.servers`, `drpc.port`), for DRPC streams. Values are this
 /// supervisor's, defaults filled in and normalized (servers as a list, the root without
 /// a trailing `/`, the session timeout in milliseconds).
 fn worker_cluster_conf(conf: &Config) -> Result<Config, squall_api::ConfigError> {
@@ -115,6 +116,13 @@ fn worker_cluster_conf(conf: &Config) -> Result<Config, squall_api::ConfigError>
         )
         .set(keys::STORM_ZOOKEEPER_ROOT, conf.zookeeper_root()?)
         .set(keys::STORM_ZOOKEEPER_SESSION_TIMEOUT, timeout_ms);
+    let drpc: Vec<squall_api::Value> = conf
+        .drpc_servers()?
+        .into_iter()
+        .map(squall_api::Value::from)
+        .collect();
+    out.set(keys::DRPC_SERVERS, drpc)
+        .set(keys::DRPC_PORT, u64::from(conf.drpc_port()?));
     Ok(out)
 }
 
@@ -963,12 +971,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn workers_get_the_clusters_zookeeper_settings_with_defaults_filled_in() {
+    fn workers_get_the_clusters_zookeeper_and_drpc_settings_with_defaults_filled_in() {
         let conf = squall_cluster::config::load(
             None,
             &[
                 "storm.zookeeper.servers=zk1".to_owned(),
                 "storm.zookeeper.root=/prod/".to_owned(),
+                "drpc.servers=[\"d1\", \"d2\"]".to_owned(),
             ],
         )
         .unwrap();
@@ -977,6 +986,8 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "drpc.port",
+                "drpc.servers",
                 "storm.zookeeper.port",
                 "storm.zookeeper.root",
                 "storm.zookeeper.servers",
@@ -984,6 +995,8 @@ mod tests {
             ]
         );
         assert_eq!(out.zookeeper_connect_string().unwrap(), "zk1:2181");
+        assert_eq!(out.drpc_servers().unwrap(), ["d1", "d2"]);
+        assert_eq!(out.drpc_port().unwrap(), 3772);
         assert_eq!(out.get_str("storm.zookeeper.root").unwrap(), Some("/prod"));
         assert_eq!(
             out.get_u64("storm.zookeeper.session.timeout").unwrap(),
