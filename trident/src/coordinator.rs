@@ -105,6 +105,12 @@ pub(crate) struct Coordinator {
     committers: bool,
     drpc: Option<(String, Arc<dyn DrpcInvocations>)>,
     last_fetch: Instant,
+    /// `topology.message.timeout.secs`, to tell a timeout from a failure.
+    timeout: Duration,
+    /// Errors to report at the next `next_tuple` (`fail` has no collector).
+    errors: Vec<String>,
+    /// When the attempt in flight of each txid was emitted.
+    emitted: BTreeMap<u64, Instant>,
 }
 
 impl Coordinator {
@@ -126,6 +132,9 @@ impl Coordinator {
             committers,
             drpc: None,
             last_fetch: Instant::now(),
+            timeout: Duration::from_secs(30),
+            errors: Vec::new(),
+            emitted: BTreeMap::new(),
         }
     }
 
@@ -145,6 +154,7 @@ impl Coordinator {
     fn emit_batch(&mut self, out: &mut SpoutOutputCollector<'_>, txid: u64) {
         let attempt = self.new_attempt();
         let committed = self.stored.committed;
+        self.emitted.insert(txid, Instant::now());
         let tx = self.in_flight.get_mut(&txid).expect("in flight");
         tx.attempt = attempt;
         tx.phase = Phase::Processing;
@@ -172,6 +182,7 @@ impl Coordinator {
             }
             if !self.committers {
                 let tx = self.in_flight.remove(&txid).expect("in flight");
+                self.emitted.remove(&txid);
                 crate::metrics::record_commit(
                     &self.plan.groups[self.group].txstate,
                     tx.started.elapsed(),
@@ -246,6 +257,7 @@ impl Spout for Coordinator {
         }
         let group = &self.plan.groups[self.group];
         self.interval = Duration::from_millis(conf.trident_batch_emit_interval_millis()?);
+        self.timeout = Duration::from_secs(conf.message_timeout_secs()?);
         if let Some((function, local)) = group.drpc.clone() {
             // DRPC: one request per batch, started as soon as it is fetched.
             self.max_pending = conf.max_spout_pending()?.unwrap_or(16) as usize;
@@ -298,6 +310,9 @@ impl Spout for Coordinator {
 
     fn next_tuple(&mut self, out: &mut SpoutOutputCollector<'_>) {
         let now = Instant::now();
+        for e in self.errors.drain(..) {
+            out.report_error(&e);
+        }
         // Replays first, in txid order.
         let due: Vec<u64> = self
             .in_flight
@@ -392,6 +407,7 @@ impl Spout for Coordinator {
             }
             (KIND_COMMIT, Phase::Committing) => {
                 let tx = self.in_flight.remove(&txid).expect("in flight");
+                self.emitted.remove(&txid);
                 crate::metrics::record_commit(
                     &self.plan.groups[self.group].txstate,
                     tx.started.elapsed(),
@@ -418,6 +434,19 @@ impl Spout for Coordinator {
         }
         match (kind, tx.phase) {
             (KIND_BATCH, Phase::Processing) => {
+                let age = self
+                    .emitted
+                    .get(&txid)
+                    .map(Instant::elapsed)
+                    .unwrap_or_default();
+                if age + Duration::from_millis(500) >= self.timeout {
+                    self.errors.push(format!(
+                        "batch {txid} of {} timed out after {} s (attempt {attempt}): not every task finished it \
+                         (the stages that waited for it report which operation did not); replaying it",
+                        self.plan.groups[self.group].txstate,
+                        age.as_secs()
+                    ));
+                }
                 tracing::info!(
                     "Trident: batch {txid} of {} failed or timed out (attempt {attempt}); replaying it and the batches after it",
                     self.plan.groups[self.group].txstate

@@ -1079,11 +1079,18 @@ impl StageBolt {
                 "waits for its commit".to_owned()
             } else if let Some(&(pos, t)) = b.awaiting.first() {
                 let e = &plan.edges[plan.stages[self.stage].in_edges[pos]];
+                let up = &plan.stages[e.from_stage];
+                let ops: Vec<&str> = up
+                    .nodes
+                    .iter()
+                    .filter(|&&n| plan.nodes[n].group == bk.0)
+                    .map(|&n| plan.nodes[n].g.op.as_str())
+                    .collect();
                 format!(
-                    "waits for {} of '{}' (task {}) to finish it{}",
-                    plan.nodes[e.from].g.op,
-                    plan.stages[e.from_stage].component,
+                    "waits for '{}' task {} (running {}) to finish it{}",
+                    up.component,
                     t.0,
+                    ops.join(" → "),
                     if b.awaiting.len() > 1 {
                         format!(" and {} more upstream tasks", b.awaiting.len() - 1)
                     } else {

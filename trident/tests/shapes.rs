@@ -316,3 +316,52 @@ fn a_drpc_request_that_times_out_says_so() {
     assert!(matches!(got, Err(DrpcError::Timeout { .. })), "{got:?}");
     assert!(got.unwrap_err().to_string().contains("timed out"));
 }
+
+#[test]
+fn a_stuck_batch_is_reported_with_the_operation_it_waits_for() {
+    let feeder = FeederSpout::new(["sentence"], 2).max_batch_size(5);
+    let slept = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = slept.clone();
+    let mut t = TridentTopology::new();
+    t.new_stream("stuck", Transactional(feeder.clone()))
+        .parallelism_hint(2)
+        .each(
+            ["sentence"],
+            move |t: &TridentTuple<'_>, out: &mut TridentCollector| -> Result<(), BoxError> {
+                if !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_secs(9));
+                }
+                split(t, out)
+            },
+            ["word"],
+        )
+        .name("slowsplit")
+        .group_by(["word"])
+        .persistent_aggregate(MemoryMapState::transactional(), Count, ["count"]);
+    let mut c = conf();
+    c.set_message_timeout_secs(3);
+    let cluster = LocalCluster::new();
+    cluster
+        .submit_topology("stuck", &c, &t.build().unwrap())
+        .unwrap();
+    feed(&feeder, 4);
+    let mut errors = Vec::new();
+    wait_until("a stuck batch and a timed-out batch reported", || {
+        errors = cluster.errors("stuck").unwrap();
+        errors.iter().any(|e| e.error.contains("is stuck"))
+            && errors.iter().any(|e| e.error.contains("timed out after"))
+    });
+    cluster.kill_topology("stuck").unwrap();
+    let stuck = errors
+        .iter()
+        .find(|e| e.error.contains("is stuck"))
+        .unwrap();
+    assert!(
+        stuck.error.contains("waits for 'spout-stuck' task")
+            && stuck
+                .error
+                .contains("(running spout-stuck → each(closure) → "),
+        "{}",
+        stuck.error
+    );
+}
