@@ -365,3 +365,146 @@ fn a_stuck_batch_is_reported_with_the_operation_it_waits_for() {
         stuck.error
     );
 }
+
+type Seen = Arc<Mutex<Vec<String>>>;
+
+fn collect(seen: &Seen) -> impl FnMut(&TridentTuple<'_>) + Clone + Send + 'static {
+    let seen = seen.clone();
+    move |t: &TridentTuple<'_>| {
+        if t.values().all(|v| !v.is_null()) {
+            seen.lock()
+                .unwrap()
+                .push(format!("{:?}", t.to_values().to_vec()));
+        }
+    }
+}
+
+fn sorted(seen: &Seen) -> Vec<String> {
+    let mut v = seen.lock().unwrap().clone();
+    v.sort();
+    v
+}
+
+#[test]
+fn stream_operations_compute_what_they_say() {
+    let feeder = FeederSpout::new(["k", "v"], 1).max_batch_size(100);
+    feeder.feed([values!["a", 1], values!["b", 2], values!["a", 3]]);
+    let (mapped, flat, maxed, firsts, everywhere, projected) = (
+        Seen::default(),
+        Seen::default(),
+        Seen::default(),
+        Seen::default(),
+        Seen::default(),
+        Seen::default(),
+    );
+    let mut t = TridentTopology::new();
+    let s = t.new_stream("ops", Transactional(feeder.clone()));
+    let m = s.map(
+        |t: &TridentTuple<'_>| -> Result<Values, BoxError> {
+            Ok(values![t.get_string(0)?.to_uppercase(), t.get_i64(1)? * 10])
+        },
+        ["key", "ten"],
+    );
+    m.peek(collect(&mapped));
+    m.flat_map(
+        |t: &TridentTuple<'_>| -> Result<Vec<Values>, BoxError> {
+            let n = t.get_i64(1)?;
+            Ok(vec![values![n], values![n + 1]])
+        },
+        ["n"],
+    )
+    .shuffle()
+    .parallelism_hint(2)
+    .peek(collect(&flat));
+    s.global()
+        .partition_aggregate(["v"], squall_trident::Max, ["max"])
+        .peek(collect(&maxed));
+    s.group_by(["k"])
+        .aggregate(["k", "v"], squall_trident::First, ["first_k", "first_v"])
+        .peek(collect(&firsts));
+    s.broadcast().parallelism_hint(3).peek(collect(&everywhere));
+    s.project(["v"]).peek(collect(&projected));
+    let cluster = LocalCluster::new();
+    cluster
+        .submit_topology("ops", &conf(), &t.build().unwrap())
+        .unwrap();
+    wait_until("every branch", || {
+        everywhere.lock().unwrap().len() >= 9 && firsts.lock().unwrap().len() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.kill_topology("ops").unwrap();
+    assert_eq!(
+        sorted(&mapped),
+        [
+            r#"[Str("A"), Int(10)]"#,
+            r#"[Str("A"), Int(30)]"#,
+            r#"[Str("B"), Int(20)]"#
+        ]
+    );
+    assert_eq!(
+        sorted(&flat),
+        [
+            "[Int(10)]",
+            "[Int(11)]",
+            "[Int(20)]",
+            "[Int(21)]",
+            "[Int(30)]",
+            "[Int(31)]"
+        ]
+    );
+    assert_eq!(sorted(&maxed), ["[Int(3)]"]);
+    assert_eq!(
+        sorted(&firsts),
+        [
+            r#"[Str("a"), Str("a"), Int(1)]"#,
+            r#"[Str("b"), Str("b"), Int(2)]"#
+        ]
+    );
+    assert_eq!(everywhere.lock().unwrap().len(), 9, "3 tuples × 3 tasks");
+    assert_eq!(sorted(&projected), ["[Int(1)]", "[Int(2)]", "[Int(3)]"]);
+}
+
+/// A batch spout with no replay guarantee: each task emits its sentences once.
+#[derive(Clone)]
+struct Once {
+    done: bool,
+}
+
+impl squall_trident::BatchSpout for Once {
+    fn output_fields(&self) -> squall_api::Fields {
+        squall_api::Fields::new(["sentence"])
+    }
+    fn emit_batch(
+        &mut self,
+        _tx: &squall_trident::TransactionAttempt,
+        out: &mut TridentCollector,
+    ) -> Result<(), BoxError> {
+        if !std::mem::replace(&mut self.done, true) {
+            for s in TEXT {
+                out.emit(values![s]);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_non_transactional_spout_feeds_a_non_transactional_state() {
+    let state = MemoryMapState::non_transactional();
+    let mut t = TridentTopology::new();
+    t.new_stream(
+        "nontx",
+        squall_trident::NonTransactional(Once { done: false }),
+    )
+    .parallelism_hint(2)
+    .each(["sentence"], split, ["word"])
+    .group_by(["word"])
+    .persistent_aggregate(state.clone(), Count, ["count"]);
+    let cluster = LocalCluster::new();
+    cluster
+        .submit_topology("nontx", &conf(), &t.build().unwrap())
+        .unwrap();
+    let want = words(&[TEXT, TEXT].concat());
+    wait_until("counts", || counts(&state) == want);
+    cluster.kill_topology("nontx").unwrap();
+}
