@@ -1,6 +1,6 @@
 //! Storm's REST API and Prometheus `/metrics` of `squall ui`, on a real cluster
 //! (ZooKeeper, Nimbus, a supervisor, the UI daemon as separate processes) running
-//! WordCount submitted with `squall jar`.
+//! WordCount submitted with `squall jar` (with its custom gauges).
 
 mod common;
 use common::ui::{UiCluster, PATIENCE};
@@ -165,6 +165,7 @@ fn storms_rest_api_and_metrics_on_a_real_cluster() {
         "1",
         "--rate",
         "500",
+        "--gauges",
     ]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), c.logs());
     let list = c.get("/api/v1/topology/summary").json();
@@ -438,6 +439,59 @@ fn storms_rest_api_and_metrics_on_a_real_cluster() {
             ("backpressure", "decimal"),
         ],
     );
+    // Custom gauges (`word-count --gauges`): per executor and summed per component.
+    // The count bolts split the words by a fields grouping, so their `words.distinct`
+    // add up to the distinct words of the spout's five sentences (Storm's).
+    let distinct: std::collections::BTreeSet<&str> = [
+        "the cow jumped over the moon",
+        "an apple a day keeps the doctor away",
+        "four score and seven years ago",
+        "snow white and the seven dwarfs",
+        "i am at two with nature",
+    ]
+    .iter()
+    .flat_map(|s| s.split(' '))
+    .collect();
+    let mut b = Value::Null;
+    let summed = wait_until(PATIENCE, || {
+        b = c.get("/api/v1/topology/wc/component/count").json();
+        b["gauges"]["words.distinct"].as_u64() == Some(distinct.len() as u64)
+    });
+    assert!(
+        summed,
+        "words.distinct never reached {}: {b}",
+        distinct.len()
+    );
+    let per_executor: Vec<u64> = b["executorStats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            expect(e, &[("gauges", "object")]);
+            e["gauges"]["words.distinct"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(per_executor.len(), 2);
+    assert_eq!(per_executor.iter().sum::<u64>(), distinct.len() as u64);
+    assert!(per_executor.iter().all(|&n| n > 0), "{per_executor:?}");
+    let s = c.get("/api/v1/topology/wc/component/spout").json();
+    expect(
+        &s["gauges"],
+        &[
+            ("sentences.pending", "number"),
+            ("sentences.replayed", "number"),
+        ],
+    );
+    expect(
+        &s["executorStats"][0]["gauges"],
+        &[("sentences.pending", "number")],
+    );
+    assert_eq!(
+        c.get("/api/v1/topology/wc/component/split").json()["gauges"],
+        serde_json::json!({}),
+        "split sets none"
+    );
+
     error_json(404, &c.get("/api/v1/topology/wc/component/nope"));
     error_json(
         400,
@@ -484,6 +538,27 @@ fn storms_rest_api_and_metrics_on_a_real_cluster() {
         text.lines().any(|l| l.starts_with("squall_emitted_total{")
             && l.contains("topology=\"wc\"")
             && l.contains("component=\"spout\"")),
+        "{text}"
+    );
+    // The gauges, one sample per executor and name.
+    let words: Vec<u64> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("squall_component_metric{")
+                && l.contains("topology=\"wc\"")
+                && l.contains("component=\"count\"")
+                && l.contains("executor=\"[")
+                && l.contains("name=\"words.distinct\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(words.len(), 2, "{text}");
+    assert_eq!(words.iter().sum::<u64>(), distinct.len() as u64, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("squall_component_metric{")
+                && l.contains("component=\"spout\"")
+                && l.contains("name=\"sentences.pending\"")),
         "{text}"
     );
     for line in text.lines().filter(|l| !l.starts_with('#')) {

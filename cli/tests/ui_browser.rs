@@ -3,9 +3,9 @@
 //! fails every Nth id with a reported error) submitted with `squall jar`; headless
 //! Chromium (Debian's, installed by `scripts/ensure-chromium.sh`) loads the cluster,
 //! topology and component pages. The test checks what a person sees in the rendered
-//! DOM — the topologies listed, non-zero counts, the graph drawn, an error with a link
-//! that opens the worker log at its line — and saves screenshots under
-//! `target/ui-screenshots/`.
+//! DOM — the topologies listed, non-zero counts, the graph drawn, WordCount's custom
+//! gauges, an error with a link that opens the worker log at its line — and saves
+//! screenshots under `target/ui-screenshots/`.
 
 mod common;
 use common::{example, free_port, spawn_daemon, stop_daemons, wait_until, word_count, SQUALL};
@@ -334,6 +334,7 @@ fn the_ui_shows_a_running_cluster_in_a_real_browser() {
         "1",
         "--rate",
         "200",
+        "--gauges",
     ]);
     let ids = example("reliable-ids");
     let ids_dir = c.dir.path().join("ids");
@@ -415,6 +416,29 @@ fn the_ui_shows_a_running_cluster_in_a_real_browser() {
     assert!(dom.contains("badge ACTIVE"));
     assert!(dom.contains("placement-table") && dom.contains("worker.log</a>"));
     screenshot(&chrome, &url("/topology.html?id=wc"), "topology");
+
+    // The count bolt's custom gauges (`word-count --gauges`): the words it saw, summed
+    // over its executors, in a Gauges table; a component without gauges has none.
+    let distinct = wait_until(PATIENCE, || {
+        get_json(a, "/api/v1/topology/wc/component/count")
+            .is_some_and(|c| c["gauges"]["words.distinct"].as_u64() == Some(27))
+    });
+    assert!(distinct, "words.distinct never reached 27:\n{}", c.logs());
+    let page = "/component.html?topology=wc&id=count";
+    let dom = dump_dom(&chrome, &url(page));
+    assert_eq!(cells(&dom, "gauges-table", "value"), vec![27], "{dom}");
+    assert!(dom.contains(">words.distinct<"), "{dom}");
+    assert!(!dom.contains("id=\"gauges-section\" hidden"), "{dom}");
+    screenshot(&chrome, &url(page), "component-gauges");
+    let dom = dump_dom(&chrome, &url("/component.html?topology=wc&id=split"));
+    assert!(
+        dom.contains("executor-stats-table"),
+        "the page rendered:\n{dom}"
+    );
+    assert!(
+        dom.contains("id=\"gauges-section\" hidden") && !dom.contains("gauges-table"),
+        "{dom}"
+    );
 
     // The component page of the relay: explicit fails apart from timeouts, the error
     // with a link to its line in the worker log.

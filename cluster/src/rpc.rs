@@ -222,6 +222,12 @@ pub struct ExecutorPage {
     pub complete_latency_p99_ms: f64,
     /// Maximum.
     pub complete_latency_max_ms: f64,
+    /// Custom gauges of its last heartbeat ([`ExecutorHeartbeat::gauges`]): the latest
+    /// value per name, summed over the executor's tasks; no windows.
+    ///
+    /// [`ExecutorHeartbeat::gauges`]: crate::state::ExecutorHeartbeat::gauges
+    #[serde(default)]
+    pub gauges: BTreeMap<String, i64>,
 }
 
 /// The counts of one window.

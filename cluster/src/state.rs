@@ -257,6 +257,10 @@ pub struct ExecutorHeartbeat {
     /// / `topology.producer.batch.size`; 0 when unbounded, as for spouts).
     #[serde(default)]
     pub queue_capacity: u64,
+    /// Custom gauges its tasks set (`set_gauge` on a collector): name → the latest
+    /// value, summed over the executor's tasks when several set the same name.
+    #[serde(default)]
+    pub gauges: BTreeMap<String, i64>,
 }
 
 /// What a worker tells Nimbus every `worker.heartbeat.frequency.secs`.

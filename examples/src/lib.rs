@@ -32,6 +32,10 @@ pub struct SentenceSpout {
     pub rate: Option<u64>,
     /// Whether to emit with message ids (tracked by the acker).
     pub reliable: bool,
+    /// Whether to set the gauges `sentences.pending` (sentences in flight) and
+    /// `sentences.replayed` (failed sentences emitted again).
+    pub gauges: bool,
+    replayed: i64,
     next: usize,
     seq: u64,
     pending: HashMap<u64, usize, RandomState>,
@@ -91,8 +95,13 @@ impl Spout for SentenceSpout {
                 return;
             }
         }
+        if self.gauges {
+            out.set_gauge("sentences.pending", out.pending_count() as i64);
+            out.set_gauge("sentences.replayed", self.replayed);
+        }
         if let Some((id, idx)) = self.replay.pop_front() {
             self.pending.insert(id, idx);
+            self.replayed += 1;
             out.emit_with_id(values![SENTENCES[idx]], id);
             return;
         }
@@ -153,6 +162,9 @@ impl BasicBolt for SplitSentence {
 pub struct WordCount {
     /// Emit changed counts every this many seconds (tick tuples); `None` emits nothing.
     pub report_every: Option<u32>,
+    /// Whether to set the gauge `words.distinct` (the words this task counts; summed
+    /// over the tasks, the distinct words seen, as the fields grouping splits them).
+    pub gauges: bool,
     counts: HashMap<String, u64, RandomState>,
     changed: HashMap<String, (), RandomState>,
 }
@@ -182,6 +194,9 @@ impl Bolt for WordCount {
                     Some(c) => *c += 1,
                     None => {
                         self.counts.insert(word.to_owned(), 1);
+                        if self.gauges {
+                            out.set_gauge("words.distinct", self.counts.len() as i64);
+                        }
                     }
                 }
                 if self.report_every.is_some() && !self.changed.contains_key(word) {
@@ -250,6 +265,9 @@ pub struct WordCountOptions {
     pub rate: Option<u64>,
     /// Report counts every this many seconds to a `report` bolt writing to `counts`.
     pub report: Option<(u32, WordCounts)>,
+    /// Whether the spout and the count bolt set custom gauges (see
+    /// [`SentenceSpout::gauges`] and [`WordCount::gauges`]).
+    pub gauges: bool,
 }
 
 impl Default for WordCountOptions {
@@ -261,6 +279,7 @@ impl Default for WordCountOptions {
             reliable: true,
             rate: None,
             report: None,
+            gauges: false,
         }
     }
 }
@@ -271,14 +290,18 @@ pub fn word_count_topology(o: &WordCountOptions) -> Result<Topology, TopologyErr
     let spout = SentenceSpout {
         rate: o.rate,
         reliable: o.reliable,
+        gauges: o.gauges,
         ..Default::default()
     };
     b.set_spout("spout", spout, o.spouts);
     b.set_bolt("split", SplitSentence, o.splitters)
         .shuffle_grouping("spout");
-    let count = match &o.report {
-        Some((secs, _)) => WordCount::reporting_every(*secs),
-        None => WordCount::default(),
+    let count = WordCount {
+        gauges: o.gauges,
+        ..match &o.report {
+            Some((secs, _)) => WordCount::reporting_every(*secs),
+            None => WordCount::default(),
+        }
     };
     b.set_bolt("count", count, o.counters)
         .fields_grouping("split", ["word"]);

@@ -706,6 +706,7 @@ async fn topology_page(n: &Nimbus, name: &str) -> Reply {
                 complete_latency_p50_ms: beat.map_or(0.0, |(_, _, x)| x.complete_latency_p50_ms),
                 complete_latency_p99_ms: beat.map_or(0.0, |(_, _, x)| x.complete_latency_p99_ms),
                 complete_latency_max_ms: beat.map_or(0.0, |(_, _, x)| x.complete_latency_max_ms),
+                gauges: beat.map(|(_, _, x)| x.gauges.clone()).unwrap_or_default(),
             });
         }
     }

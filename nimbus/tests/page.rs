@@ -2,7 +2,7 @@
 //! executors from the assignment, errors) and log levels (`set_log_level`), against a
 //! real ZooKeeper and two real Nimbus daemons (a leader and a standby). Supervisors and
 //! workers are played by the test: a registered supervisor node and heartbeats posted
-//! with growing counters.
+//! with growing counters and custom gauges.
 
 mod common;
 use common::*;
@@ -64,6 +64,10 @@ fn heartbeat(a: &Assignment, emitted: u64, errors: Vec<ErrorInfo>) -> WorkerHear
                 },
                 queue_depth: 7,
                 queue_capacity: 1024,
+                gauges: BTreeMap::from([
+                    ("emitted.last".to_owned(), emitted as i64),
+                    ("first.task".to_owned(), i64::from(e.first.0)),
+                ]),
                 ..Default::default()
             })
             .collect(),
@@ -148,6 +152,7 @@ fn page_windows_grow_names_and_ids_work_and_log_levels_reach_workers() {
             ("127.0.0.1", 6700, "sup-a")
         );
         assert_eq!(e.heartbeat_age_secs, None);
+        assert!(e.gauges.is_empty());
         assert_eq!(e.windows.len(), 4);
         assert_eq!(e.windows[3].window, Window::AllTime, ":all-time last");
     }
@@ -194,6 +199,16 @@ fn page_windows_grow_names_and_ids_work_and_log_levels_reach_workers() {
         (7, 1024, 2)
     );
     assert!(e.heartbeat_age_secs.is_some());
+    // Custom gauges: the latest value of every executor, no windows.
+    for e in &page.executors {
+        assert_eq!(
+            e.gauges,
+            BTreeMap::from([
+                ("emitted.last".to_owned(), 350),
+                ("first.task".to_owned(), i64::from(e.first)),
+            ])
+        );
+    }
     assert_eq!(rt.block_on(c.info(&id)).unwrap().summary.name, "pt");
     // The error, recorded in ZooKeeper off the heartbeat path.
     assert!(rt.block_on(wait_until(Duration::from_secs(10), || async {

@@ -263,6 +263,12 @@ pub trait Emitter {
     fn pending_count(&self) -> usize {
         0
     }
+
+    /// Sets gauge `name` of the current task to `value`; the last value set wins. The
+    /// runtime refuses a name [`validate_gauge_name`](crate::validate_gauge_name)
+    /// refuses by reporting an error, never by panicking. The default keeps nothing
+    /// (an emitter without metrics, e.g. in a bolt's unit test).
+    fn set_gauge(&mut self, _name: &str, _value: i64) {}
 }
 
 /// One emit, as handed to an [`Emitter`].
@@ -386,6 +392,31 @@ impl<'a> OutputCollector<'a> {
     pub fn report_error(&mut self, error: &dyn std::fmt::Display) {
         self.emitter.report_error(error)
     }
+
+    /// Sets this task's gauge `name` to `value` (the last value set wins), shown per
+    /// executor and summed over the component in the UI and in Prometheus's
+    /// `squall_component_gauge`. Cheap: a hash-map update, no allocation once the name
+    /// was set before. A name that [`validate_gauge_name`](crate::validate_gauge_name)
+    /// refuses, or a task's name beyond [`MAX_GAUGES_PER_TASK`](crate::MAX_GAUGES_PER_TASK),
+    /// is reported as an error of this task (once per name) and ignored.
+    ///
+    /// ```
+    /// use squall_api::{Bolt, OutputCollector, Tuple};
+    /// #[derive(Default)]
+    /// struct Dedup { seen: std::collections::HashSet<i64> }
+    /// impl Bolt for Dedup {
+    ///     fn execute(&mut self, input: Tuple, out: &mut OutputCollector<'_>) {
+    ///         if let Ok(id) = input.get_long(0) {
+    ///             self.seen.insert(id);
+    ///         }
+    ///         out.set_gauge("dedup.ids", self.seen.len() as i64);
+    ///         out.ack(&input);
+    ///     }
+    /// }
+    /// ```
+    pub fn set_gauge(&mut self, name: &str, value: i64) {
+        self.emitter.set_gauge(name, value)
+    }
 }
 
 /// How a spout emits (Storm's `SpoutOutputCollector`).
@@ -474,6 +505,34 @@ impl<'a> SpoutOutputCollector<'a> {
     pub fn report_error(&mut self, error: &dyn std::fmt::Display) {
         self.emitter.report_error(error)
     }
+
+    /// Sets this task's gauge `name` to `value`, as [`OutputCollector::set_gauge`]
+    /// does. A spout's `ack` and `fail` get no collector: keep the number in the spout
+    /// and set it from the next `next_tuple`, as here.
+    ///
+    /// ```
+    /// use squall_api::{values, OutputFieldsDeclarer, Spout, SpoutOutputCollector, Value};
+    /// struct Queue { backlog: Vec<String>, acked: i64 }
+    /// impl Spout for Queue {
+    ///     fn next_tuple(&mut self, out: &mut SpoutOutputCollector<'_>) {
+    ///         out.set_gauge("queue.backlog", self.backlog.len() as i64);
+    ///         out.set_gauge("queue.acked", self.acked); // counted in `ack`
+    ///         out.set_gauge("queue.pending", out.pending_count() as i64);
+    ///         if let Some(line) = self.backlog.pop() {
+    ///             out.emit_with_id(values![line.clone()], line);
+    ///         }
+    ///     }
+    ///     fn ack(&mut self, _msg_id: Value) {
+    ///         self.acked += 1;
+    ///     }
+    ///     fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) {
+    ///         d.declare(["line"]);
+    ///     }
+    /// }
+    /// ```
+    pub fn set_gauge(&mut self, name: &str, value: i64) {
+        self.emitter.set_gauge(name, value)
+    }
 }
 
 /// The collector of a [`BasicBolt`]: every emit is anchored to the input tuple.
@@ -501,5 +560,10 @@ impl BasicOutputCollector<'_, '_> {
     /// Reports an error without failing the input.
     pub fn report_error(&mut self, error: &dyn std::fmt::Display) {
         self.out.report_error(error)
+    }
+
+    /// Sets this task's gauge `name` to `value`, as [`OutputCollector::set_gauge`] does.
+    pub fn set_gauge(&mut self, name: &str, value: i64) {
+        self.out.set_gauge(name, value)
     }
 }

@@ -8,6 +8,10 @@ use crate::ids::{ComponentId, GlobalStreamId, TaskId};
 use crate::topology::{TaskLayout, TopologySpec};
 
 /// A task's view of the topology, handed to `open` / `prepare`.
+///
+/// Storm's `registerGauge` has no counterpart here: a task sets its gauges with
+/// `set_gauge` on its collector ([`crate::SpoutOutputCollector::set_gauge`],
+/// [`crate::OutputCollector::set_gauge`]).
 #[derive(Clone, Debug)]
 pub struct TopologyContext {
     topology_id: Arc<str>,

@@ -14,6 +14,7 @@
 //! | `Config`, `TopologyContext` | [`Config`], [`TopologyContext`] |
 //! | `OutputCollector`, `SpoutOutputCollector` | [`OutputCollector`], [`SpoutOutputCollector`] |
 //! | `CustomStreamGrouping` | [`CustomStreamGrouping`] |
+//! | `TopologyContext.registerGauge` (metrics v2) | `set_gauge` on the collectors ([`validate_gauge_name`]) |
 //!
 //! Components are plain structs that implement a trait. The builder makes one instance
 //! per task, by cloning the one given to `set_spout` / `set_bolt`, or by calling the
@@ -28,6 +29,7 @@ mod component;
 pub mod config;
 mod context;
 mod fields;
+mod gauge;
 mod grouping;
 mod ids;
 mod topology;
@@ -41,6 +43,7 @@ pub use component::{
 pub use config::{Config, ConfigError};
 pub use context::TopologyContext;
 pub use fields::Fields;
+pub use gauge::{validate_gauge_name, GaugeNameError, GAUGE_NAME_MAX_LEN, MAX_GAUGES_PER_TASK};
 pub use grouping::{CustomStreamGrouping, Grouping};
 pub use ids::{
     ComponentId, GlobalStreamId, StreamId, TaskId, ACKER_COMPONENT, DEFAULT_STREAM,

@@ -511,6 +511,22 @@
       ["Tasks", num(c.tasks), "tasks"],
       ["Errors", num((c.componentErrors || []).length), "errors"],
     ]));
+    // Custom gauges (set_gauge; Squall's extra): the component's sums, each executor's
+    // latest values beside them; the section shows only when there are any.
+    const gaugeNames = Object.keys(c.gauges || {}).sort();
+    const gaugeSection = document.getElementById("gauges-section");
+    if (gaugeSection) gaugeSection.hidden = gaugeNames.length === 0;
+    if (gaugeNames.length) {
+      const perExecutor = (name) => (c.executorStats || [])
+        .filter((e) => e.gauges && Object.prototype.hasOwnProperty.call(e.gauges, name))
+        .map((e) => esc(e.id) + ": " + num(e.gauges[name]))
+        .join(", ");
+      put("gauges", table([
+        { h: "Name", k: "name", f: (r) => '<span class="mono">' + esc(r.name) + "</span>" },
+        { h: "Value", k: "value", n: true, title: "the latest values, summed over the component's executors" },
+        { h: "Per executor", k: "executors", f: (r) => perExecutor(r.name) },
+      ], gaugeNames.map((name) => ({ name: name, value: c.gauges[name] })), { id: "gauges-table" }));
+    }
     const winLink = (r) => link("component.html?topology=" + enc(topology) + "&id=" + enc(id) + "&window=" + enc(r.window), r.windowPretty || r.window);
     if (spout) {
       put("component-stats", table([

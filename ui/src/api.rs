@@ -21,7 +21,10 @@
 //! The JSON is built by pure functions ([`topology_json`], [`component_json`], ...) from
 //! Nimbus's answers, so its shape is tested without a cluster. Squall's extra fields
 //! (timed-out trees apart from explicit fails, receive-queue depth, backpressure,
-//! throttling, where every executor runs) sit beside Storm's, never instead.
+//! throttling, where every executor runs, custom gauges) sit beside Storm's, never
+//! instead. The component page's `gauges` is an object of name → value per executor
+//! (in each `executorStats` row, the latest values of its last heartbeat) and for the
+//! component (the sum over its executors, see [`component_gauges`]).
 //!
 //! Errors answer `{"error": "<short>", "errorMessage": "<what is wrong>"}` with 400 (bad
 //! input), 401 (an action without the cluster secret), 404 (unknown topology, component
@@ -1302,6 +1305,7 @@ pub fn component_json(
             if kind == ComponentKind::Spout {
                 put_complete_percentiles(&mut row, &agg);
             }
+            row.insert("gauges".into(), json!(e.gauges));
             row.insert(
                 "workerLogLink".into(),
                 json!(links.worker_log(&e.host, id, e.port)),
@@ -1310,6 +1314,10 @@ pub fn component_json(
         })
         .collect();
     m.insert("executorStats".into(), Value::Array(executor_stats));
+    m.insert(
+        "gauges".into(),
+        json!(component_gauges(executors_of(page, component))),
+    );
 
     // Errors, newest first.
     let errors: Vec<Value> = page
@@ -1325,6 +1333,23 @@ pub fn component_json(
         .collect();
     m.insert("componentErrors".into(), Value::Array(errors));
     Ok(Value::Object(m))
+}
+
+/// A component's custom gauges (the component page's `gauges`): every name any of
+/// its executors reported, with the sum of their latest values (saturating). Each
+/// executor's own values are in its `executorStats` row; a gauge that does not add up
+/// (a transaction id) is best set by one task, or read per executor.
+pub fn component_gauges<'a>(
+    execs: impl IntoIterator<Item = &'a ExecutorPage>,
+) -> BTreeMap<&'a str, i64> {
+    let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
+    for e in execs {
+        for (name, &v) in &e.gauges {
+            let sum = sums.entry(name).or_default();
+            *sum = sum.saturating_add(v);
+        }
+    }
+    sums
 }
 
 /// `/topology-workers/:id`: the hosts and ports of the topology's workers.

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `/`, `/index.html` | the cluster: Nimbus daemons (the leader marked), supervisors, topologies |
 //! | `/topology.html?id=X[&window=W]` | a topology: stats, spouts and bolts, graph, actions, config, placement, log levels, log search |
-//! | `/component.html?topology=X&id=C[&window=W]` | a component: per-executor, per-stream stats and errors |
+//! | `/component.html?topology=X&id=C[&window=W]` | a component: per-executor, per-stream stats, custom gauges and errors |
 //! | `/assets/...` | `squall.js`, `squall.css`, the vendored dagre layout library |
 //!
 //! The pages are plain HTML; `squall.js` reads Storm's REST API (`/api/v1/...`) and

@@ -7,7 +7,11 @@
 //! (exact, and they never go back: Nimbus carries them over worker restarts); latencies,
 //! capacity and backpressure are gauges over Storm's 10-minute window. Names follow
 //! Prometheus's conventions: base units (`_seconds`, not Storm's milliseconds) and
-//! `_total` on counters only.
+//! `_total` on counters only. Custom gauges are one family, `squall_component_metric`
+//! (not `..._gauge`: promtool's lint refuses a metric name that names its type), with
+//! the gauge's name as a label (names are checked when set: letters, digits, `_`, `.`,
+//! `-`), one sample per executor with the latest value of its last heartbeat (its
+//! tasks summed); add them up with `sum by (component, name)`.
 //!
 //! | family | type | labels |
 //! |---|---|---|
@@ -18,6 +22,7 @@
 //! | `squall_execute_latency_seconds`, `squall_process_latency_seconds` | gauge | component, source_component, stream |
 //! | `squall_complete_latency_p50_seconds`, `_p99_`, `_max_` | gauge | component, executor |
 //! | `squall_capacity`, `squall_backpressure_ratio`, `squall_queue_depth`, `squall_queue_capacity` | gauge | component, executor |
+//! | `squall_component_metric` (custom gauges, `set_gauge`) | gauge | component, executor, name |
 //! | `squall_topology_status` (1 for the current status) | gauge | status |
 //! | `squall_topology_uptime_seconds`, `_workers`, `_executors`, `_tasks` | gauge | |
 //! | `squall_cluster_supervisors`, `_slots`, `_slots_used`, `_topologies`, `_nimbuses` | gauge | (none) |
@@ -63,6 +68,7 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     ("squall_backpressure_ratio", "gauge", "Share of the last 10 minutes producers spent blocked on the executor's full receive queue."),
     ("squall_queue_depth", "gauge", "Batches (of up to topology.producer.batch.size tuples) waiting in the executor's receive queue at its last heartbeat."),
     ("squall_queue_capacity", "gauge", "Capacity of the executor's receive queue, in batches (0: unbounded)."),
+    ("squall_component_metric", "gauge", "A custom gauge a component sets (set_gauge), by name: the latest value of the executor's last heartbeat, summed over its tasks."),
     ("squall_topology_status", "gauge", "1 for the topology's current status (ACTIVE, INACTIVE, REBALANCING, KILLED), 0 for the others."),
     ("squall_topology_uptime_seconds", "gauge", "Seconds since the topology was submitted."),
     ("squall_topology_workers", "gauge", "Worker processes of the topology."),
@@ -159,6 +165,9 @@ impl Exposition {
             Num::Int(v) => {
                 let _ = write!(f.lines, "{v}");
             }
+            Num::Signed(v) => {
+                let _ = write!(f.lines, "{v}");
+            }
             Num::Float(v) => f.lines.push_str(&float(v)),
         }
         f.lines.push('\n');
@@ -180,6 +189,7 @@ impl Exposition {
 #[derive(Clone, Copy)]
 enum Num {
     Int(u64),
+    Signed(i64),
     Float(f64),
 }
 
@@ -419,6 +429,10 @@ fn topology(x: &mut Exposition, page: &TopologyPage) {
         );
         x.sample("squall_queue_depth", &l, Num::Int(e.queue_depth));
         x.sample("squall_queue_capacity", &l, Num::Int(e.queue_capacity));
+        for (name, &value) in &e.gauges {
+            let l = [l[0], l[1], l[2], l[3], ("name", name.as_str())];
+            x.sample("squall_component_metric", &l, Num::Signed(value));
+        }
     }
 }
 
@@ -586,6 +600,25 @@ mod tests {
             &[("component", "count"), ("executor", "[5-5]")],
         );
         assert!((bp[0].2 - 0.1).abs() < 1e-9, "{}", bp[0].2);
+        // Custom gauges: one sample per executor and name, negative values too.
+        let gauges = find(&samples, "squall_component_metric", &wc);
+        let mut got: Vec<(String, String, f64)> = gauges
+            .iter()
+            .map(|(_, l, v)| {
+                let get = |k: &str| l.iter().find(|(lk, _)| lk == k).unwrap().1.clone();
+                assert_eq!(get("component"), "count");
+                (get("executor"), get("name"), *v)
+            })
+            .collect();
+        got.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        assert_eq!(
+            got,
+            [
+                ("[4-4]".into(), "words.distinct".into(), 40.0),
+                ("[5-5]".into(), "below.zero".into(), -3.0),
+                ("[5-5]".into(), "words.distinct".into(), 60.0),
+            ]
+        );
         assert_eq!(find(&samples, "squall_cluster_slots", &[])[0].2, 4.0);
         assert_eq!(find(&samples, "squall_cluster_slots_used", &[])[0].2, 2.0);
         assert_eq!(

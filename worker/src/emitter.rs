@@ -1,9 +1,14 @@
 //! The runtime side of the collectors: routing, acking and batching of one executor.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use squall_api::{Anchors, ComponentId, Emit, Emitter, TaskId, Tuple, Value};
+use foldhash::fast::RandomState;
+use squall_api::{
+    validate_gauge_name, Anchors, ComponentId, Emit, Emitter, TaskId, Tuple, Value,
+    MAX_GAUGES_PER_TASK,
+};
 
 use crate::message::{Envelope, Msg};
 use crate::ratelimit::LogLimiter;
@@ -41,6 +46,86 @@ impl SpoutTracking {
     }
 }
 
+/// Refused gauge names remembered per executor, so that each is reported once; past
+/// this many, refusals are reported every time (throttled like every report).
+const REFUSED_NAMES_KEPT: usize = 64;
+
+/// The custom gauges of an executor's tasks (`set_gauge`): executor-local, published to
+/// [`crate::stats::ExecutorStats::gauges`] when the executor flushes and something changed.
+pub(crate) struct Gauges {
+    /// Per task index: name → the last value set.
+    per_task: Vec<HashMap<Box<str>, i64, RandomState>>,
+    /// A value changed since the last publish.
+    changed: bool,
+    /// Names already refused (and reported).
+    refused: HashSet<Box<str>, RandomState>,
+}
+
+impl Gauges {
+    pub fn new(tasks: usize) -> Self {
+        Gauges {
+            per_task: (0..tasks).map(|_| HashMap::default()).collect(),
+            changed: false,
+            refused: HashSet::default(),
+        }
+    }
+
+    /// Sets `name` of task `index` to `value`. `Err` names why a new name is refused
+    /// (`None`: refused and reported before, stay quiet).
+    fn set(&mut self, index: usize, name: &str, value: i64) -> Result<(), Option<String>> {
+        let Some(task) = self.per_task.get_mut(index) else {
+            return Ok(());
+        };
+        // The hot path: a known name, no allocation.
+        if let Some(v) = task.get_mut(name) {
+            if *v != value {
+                *v = value;
+                self.changed = true;
+            }
+            return Ok(());
+        }
+        let why = match validate_gauge_name(name) {
+            Err(e) => e.to_string(),
+            Ok(()) if task.len() >= MAX_GAUGES_PER_TASK => format!(
+                "gauge {name:?} is one name too many: a task may set at most \
+                 {MAX_GAUGES_PER_TASK} gauges"
+            ),
+            Ok(()) => {
+                task.insert(name.into(), value);
+                self.changed = true;
+                return Ok(());
+            }
+        };
+        if self.refused.contains(name) {
+            return Err(None);
+        }
+        if self.refused.len() < REFUSED_NAMES_KEPT {
+            self.refused.insert(name.into());
+        }
+        Err(Some(why))
+    }
+
+    /// Writes the executor's gauges (each name summed over the tasks that set it) to
+    /// `to`, when a value changed since the last time. Names are never removed, so
+    /// once every name is there this allocates nothing.
+    pub fn publish(&mut self, to: &Mutex<BTreeMap<String, i64>>) {
+        if !self.changed {
+            return;
+        }
+        self.changed = false;
+        let mut shared = to.lock().unwrap_or_else(|p| p.into_inner());
+        shared.values_mut().for_each(|v| *v = 0);
+        for (name, &value) in self.per_task.iter().flatten() {
+            match shared.get_mut(&**name) {
+                Some(sum) => *sum = sum.saturating_add(value),
+                None => {
+                    shared.insert(name.to_string(), value);
+                }
+            }
+        }
+    }
+}
+
 /// Everything an executor needs to emit, ack and fail.
 pub(crate) struct RuntimeEmitter {
     pub component: ComponentId,
@@ -61,6 +146,8 @@ pub(crate) struct RuntimeEmitter {
     error_lines: LogLimiter,
     debug: bool,
     pub spout: Option<SpoutTracking>,
+    /// The tasks' custom gauges.
+    pub gauges: Gauges,
 }
 
 impl RuntimeEmitter {
@@ -76,8 +163,10 @@ impl RuntimeEmitter {
         debug: bool,
         spout: Option<SpoutTracking>,
         input_rows: InputRows,
+        tasks: usize,
     ) -> Self {
         RuntimeEmitter {
+            gauges: Gauges::new(tasks),
             stats: LocalStats::new(routes.len(), &input_rows),
             input_rows,
             epoch: Instant::now(),
@@ -348,5 +437,86 @@ impl Emitter for RuntimeEmitter {
         self.spout
             .as_ref()
             .map_or(0, |s| s.pending_per_task[self.task_index])
+    }
+
+    fn set_gauge(&mut self, name: &str, value: i64) {
+        if let Err(Some(why)) = self.gauges.set(self.task_index, name, value) {
+            let kind = if self.spout.is_some() {
+                "spout"
+            } else {
+                "bolt"
+            };
+            self.report(format!(
+                "{kind} '{}' task {}: set_gauge refused: {why}",
+                self.component, self.task
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn published(g: &mut Gauges) -> BTreeMap<String, i64> {
+        let shared = Mutex::new(BTreeMap::new());
+        g.publish(&shared);
+        shared.into_inner().unwrap()
+    }
+
+    #[test]
+    fn gauges_keep_the_last_value_and_sum_the_tasks_of_an_executor() {
+        let mut g = Gauges::new(2);
+        let shared = Mutex::new(BTreeMap::new());
+        g.set(0, "in.flight", 3).unwrap();
+        g.set(0, "in.flight", 5).unwrap();
+        g.set(1, "in.flight", 2).unwrap();
+        g.set(1, "only.one", -7).unwrap();
+        g.publish(&shared);
+        let want = |pairs: &[(&str, i64)]| -> BTreeMap<String, i64> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        assert_eq!(
+            *shared.lock().unwrap(),
+            want(&[("in.flight", 7), ("only.one", -7)])
+        );
+        // Nothing changed: nothing published (the shared map is left alone).
+        shared.lock().unwrap().insert("marker".into(), 1);
+        g.set(0, "in.flight", 5).unwrap();
+        g.publish(&shared);
+        assert_eq!(shared.lock().unwrap().get("marker"), Some(&1));
+        // A change recomputes every sum.
+        shared.lock().unwrap().remove("marker");
+        g.set(1, "in.flight", 0).unwrap();
+        g.publish(&shared);
+        assert_eq!(
+            *shared.lock().unwrap(),
+            want(&[("in.flight", 5), ("only.one", -7)])
+        );
+        // Sums saturate instead of overflowing.
+        g.set(0, "big", i64::MAX).unwrap();
+        g.set(1, "big", 1).unwrap();
+        assert_eq!(published(&mut g)["big"], i64::MAX);
+    }
+
+    #[test]
+    fn bad_names_are_refused_once_each_and_change_nothing() {
+        let mut g = Gauges::new(1);
+        let why = g.set(0, "in flight", 1).unwrap_err().expect("a reason");
+        assert!(why.contains("\"in flight\" has ' ' at byte 2"), "{why}");
+        // The same bad name again: refused quietly.
+        assert_eq!(g.set(0, "in flight", 2), Err(None));
+        assert!(g.set(0, "", 1).unwrap_err().is_some());
+        assert!(published(&mut g).is_empty());
+        // Too many names: the extra one is refused, the others kept.
+        for i in 0..MAX_GAUGES_PER_TASK {
+            g.set(0, &format!("g{i}"), i as i64).unwrap();
+        }
+        let why = g.set(0, "one.more", 1).unwrap_err().expect("a reason");
+        assert!(why.contains("at most 100 gauges"), "{why}");
+        g.set(0, "g0", 42).unwrap();
+        let all = published(&mut g);
+        assert_eq!(all.len(), MAX_GAUGES_PER_TASK);
+        assert_eq!(all["g0"], 42);
     }
 }

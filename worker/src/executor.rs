@@ -196,10 +196,11 @@ impl ExecutorCore {
         self.emitter.task = TaskId(self.first_task.0 + index as u32);
     }
 
-    /// Sends partial batches and publishes counters.
+    /// Sends partial batches and publishes counters and changed gauges.
     fn flush(&mut self, now: Instant) {
         self.emitter.transfer.flush();
         self.emitter.stats.publish(&self.stats);
+        self.emitter.gauges.publish(&self.stats.gauges);
         self.last_flush = now;
     }
 

@@ -275,6 +275,7 @@ async fn page(State(f): State<AppState>, Path(name): Path<String>) -> Response {
                 complete_latency_p50_ms: e.complete_latency_p50_ms,
                 complete_latency_p99_ms: e.complete_latency_p99_ms,
                 complete_latency_max_ms: e.complete_latency_max_ms,
+                gauges: e.gauges,
             }
         })
         .collect::<Vec<_>>();

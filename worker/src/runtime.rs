@@ -136,6 +136,9 @@ pub struct ComponentStats {
     pub execute_latency_ms: f64,
     /// Spouts: complete latency percentiles in ms: p50, p99, max, mean.
     pub complete_latency_ms: Option<LatencySummary>,
+    /// Custom gauges (`set_gauge`): name → the last value each task set, summed over
+    /// the tasks (and executors) that set it.
+    pub gauges: BTreeMap<String, i64>,
 }
 
 /// Latency percentiles.
@@ -411,6 +414,7 @@ impl TopologyRuntime {
                 comp_conf.debug()?,
                 is_spout.then(|| SpoutTracking::new(n_tasks)),
                 input_rows,
+                n_tasks,
             );
             let health = Arc::new(ExecutorHealth::default());
             let schemas = layout
@@ -611,7 +615,8 @@ impl TopologyRuntime {
     /// Per local executor, its counters as a worker reports them to Nimbus: totals
     /// since the executors started, per-stream rows ([`ExecutorCounters`]: outputs in
     /// stream-id order; inputs as described at [`InputRows`]), the time its producers
-    /// were blocked on its full receive queue, and that queue's depth and capacity.
+    /// were blocked on its full receive queue, that queue's depth and capacity, and the
+    /// custom gauges its tasks set (summed over the executor's tasks per name).
     ///
     /// `queue_depth` and `queue_capacity` count **batches** (each up to
     /// `topology.producer.batch.size` envelopes; the capacity is
@@ -660,6 +665,7 @@ impl TopologyRuntime {
                     counters,
                     queue_depth: e.tx.len() as u64,
                     queue_capacity: e.tx.capacity().unwrap_or(0) as u64,
+                    gauges: s.gauges,
                 }
             })
             .collect()
@@ -728,6 +734,10 @@ impl TopologyRuntime {
             c.timed_out += load(&s.timed_out);
             c.executed += load(&s.executed);
             c.pending += load(&s.pending);
+            for (name, &v) in s.gauges.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let sum = c.gauges.entry(name.clone()).or_default();
+                *sum = sum.saturating_add(v);
+            }
             let ns = exec_ns.entry(e.component.clone()).or_default();
             ns.0 += load(&s.execute_ns);
             ns.1 += load(&s.execute_samples);
@@ -882,6 +892,7 @@ fn executor_totals(e: &ExecutorHandle) -> ComponentStats {
             0.0
         },
         complete_latency_ms: latency,
+        gauges: s.gauges.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     }
 }
 

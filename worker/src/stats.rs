@@ -1,5 +1,6 @@
 //! Executor statistics, written by executors and read by reports and the UI.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -46,6 +47,10 @@ pub struct ExecutorStats {
     /// Nanoseconds producers spent blocked on this executor's full receive queue, added
     /// by the producers themselves (only when a send found the queue full).
     pub blocked_ns: Arc<AtomicU64>,
+    /// Custom gauges of the executor's tasks (`set_gauge`): name → the last value set,
+    /// summed over the tasks that set it. Written when the executor flushes after a
+    /// change.
+    pub gauges: Mutex<BTreeMap<String, i64>>,
 }
 
 impl Default for ExecutorStats {
@@ -73,6 +78,7 @@ impl ExecutorStats {
             outputs: (0..outputs).map(|_| SharedRow::default()).collect(),
             inputs: (0..inputs).map(|_| SharedRow::default()).collect(),
             blocked_ns,
+            gauges: Mutex::default(),
         }
     }
 }

@@ -104,6 +104,7 @@ fn topology(a: &Args) -> anyhow::Result<Topology> {
                 reliable,
                 rate,
                 report: None,
+                gauges: false,
             })?);
         }
     }

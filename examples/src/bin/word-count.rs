@@ -35,6 +35,11 @@ struct Args {
     /// Sentences per second per spout task (default: as fast as possible).
     #[arg(long)]
     rate: Option<u64>,
+    /// Set custom gauges, shown on the UI's component pages and in `/metrics`: the
+    /// spout's `sentences.pending` and `sentences.replayed`, the count bolt's
+    /// `words.distinct`.
+    #[arg(long)]
+    gauges: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         counters: args.counters,
         rate: args.rate,
         report: Some((1, counts.clone())),
+        gauges: args.gauges,
         ..Default::default()
     })?;
     let mut conf = Config::new();
@@ -67,6 +73,8 @@ fn main() -> anyhow::Result<()> {
     let active = started.elapsed().as_secs_f64();
     // Deactivate, let in-flight sentences finish and the last counts reach the report.
     let errors = cluster.errors("word-count")?;
+    // Gauges while it runs (a deactivated spout no longer updates its own).
+    let running = cluster.stats("word-count")?;
     let stats = cluster.kill_topology_with_opts("word-count", Duration::from_millis(1500))?;
 
     let counts = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -94,6 +102,13 @@ fn main() -> anyhow::Result<()> {
         "  complete latency   p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         latency.p50, latency.p99, latency.max
     );
+    if args.gauges {
+        for component in ["spout", "count"] {
+            for (name, value) in &running.component(component).gauges {
+                println!("  gauge {:<18} {value:>8} ({component})", name);
+            }
+        }
+    }
     if !errors.is_empty() {
         println!("  errors reported    {:>12}", errors.len());
         for e in errors.iter().take(5) {

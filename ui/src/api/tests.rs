@@ -76,6 +76,7 @@ fn executor(
         complete_latency_p50_ms: 0.0,
         complete_latency_p99_ms: 0.0,
         complete_latency_max_ms: 0.0,
+        gauges: BTreeMap::new(),
     }
 }
 
@@ -150,7 +151,8 @@ fn component(kind: ComponentKind, parallelism: u32, inputs: Vec<Subscription>) -
 
 /// WordCount as Nimbus would describe it: spout [6-7], split [2-3], count [4-5] (two
 /// executors each, on h1:6700 and h2:6701) and an acker [1-1]; the count bolt on h2 is
-/// throttling in the 10-minute window (backpressure 0.1) and reported two errors.
+/// throttling in the 10-minute window (backpressure 0.1) and reported two errors; the
+/// count bolts set gauges (`words.distinct` 40 and 60, `below.zero` -3 on h2).
 pub(crate) fn sample_page() -> TopologyPage {
     let mut spec = TopologySpec::default();
     spec.components
@@ -189,6 +191,19 @@ pub(crate) fn sample_page() -> TopologyPage {
         60_000_000_000,
     );
     count_h2.queue_depth = 900;
+    count_h2.gauges = BTreeMap::from([
+        ("words.distinct".to_owned(), 60),
+        ("below.zero".to_owned(), -3),
+    ]);
+    let mut count_h1 = executor(
+        "count",
+        4,
+        "h1",
+        6700,
+        bolt_counters("split", 4500, 200_000, 4500),
+        0,
+    );
+    count_h1.gauges = BTreeMap::from([("words.distinct".to_owned(), 40)]);
     let mut spout_h1 = executor("spout", 6, "h1", 6700, spout_counters(1500, 1450, 5, 3), 0);
     spout_h1.complete_latency_p50_ms = 1.5;
     spout_h1.complete_latency_p99_ms = 9.25;
@@ -258,14 +273,7 @@ pub(crate) fn sample_page() -> TopologyPage {
                 bolt_counters("spout", 1500, 100_000, 4500),
                 0,
             ),
-            executor(
-                "count",
-                4,
-                "h1",
-                6700,
-                bolt_counters("split", 4500, 200_000, 4500),
-                0,
-            ),
+            count_h1,
             count_h2,
             spout_h1,
             executor("spout", 7, "h2", 6701, spout_counters(1500, 1460, 0, 4), 0),
@@ -572,9 +580,15 @@ fn component_pages_of_a_spout_and_a_bolt() {
             "outputStats",
             "executorStats",
             "componentErrors",
+            "gauges",
         ],
     );
     assert_eq!(s["componentType"], "spout");
+    assert_eq!(
+        s["gauges"],
+        serde_json::json!({}),
+        "no gauges: an empty object"
+    );
     assert_eq!(s["name"], "wc");
     let windows: Vec<&str> = s["spoutSummary"]
         .as_array()
@@ -623,6 +637,7 @@ fn component_pages_of_a_spout_and_a_bolt() {
             "completeLatencyP50",
             "completeLatencyP99",
             "completeLatencyMax",
+            "gauges",
         ],
     );
     assert_eq!(e["encodedId"], "%5B6-6%5D");
@@ -658,6 +673,20 @@ fn component_pages_of_a_spout_and_a_bolt() {
     assert_eq!(e["throttling"], true);
     assert!(is_decimal(&e["capacity"]));
     assert_eq!(row(&b["executorStats"], "id", "[4-4]")["throttling"], false);
+    // Gauges: per executor as its last heartbeat had them, summed for the component
+    // (whatever the window).
+    assert_eq!(
+        e["gauges"],
+        serde_json::json!({"below.zero": -3, "words.distinct": 60})
+    );
+    assert_eq!(
+        row(&b["executorStats"], "id", "[4-4]")["gauges"],
+        serde_json::json!({"words.distinct": 40})
+    );
+    assert_eq!(
+        b["gauges"],
+        serde_json::json!({"below.zero": -3, "words.distinct": 100})
+    );
     let errors = b["componentErrors"].as_array().unwrap();
     assert_eq!(errors.len(), 2);
     assert!(
