@@ -111,6 +111,10 @@ pub(crate) struct Coordinator {
     errors: Vec<String>,
     /// When the attempt in flight of each txid was emitted.
     emitted: BTreeMap<u64, Instant>,
+    /// Attempts emitted again, since this coordinator started.
+    replays: u64,
+    /// Start to commit of the last committed batch.
+    last_latency_ms: u128,
 }
 
 impl Coordinator {
@@ -135,6 +139,8 @@ impl Coordinator {
             timeout: Duration::from_secs(30),
             errors: Vec::new(),
             emitted: BTreeMap::new(),
+            replays: 0,
+            last_latency_ms: 0,
         }
     }
 
@@ -183,6 +189,7 @@ impl Coordinator {
             if !self.committers {
                 let tx = self.in_flight.remove(&txid).expect("in flight");
                 self.emitted.remove(&txid);
+                self.last_latency_ms = tx.started.elapsed().as_millis();
                 crate::metrics::record_commit(
                     &self.plan.groups[self.group].txstate,
                     tx.started.elapsed(),
@@ -222,6 +229,7 @@ impl Coordinator {
                 continue;
             }
             crate::metrics::record_replays(group, 1);
+            self.replays += 1;
             tx.failures += 1;
             let backoff = Duration::from_millis(50u64 << tx.failures.min(6));
             tx.phase = Phase::ToEmit;
@@ -313,6 +321,11 @@ impl Spout for Coordinator {
         for e in self.errors.drain(..) {
             out.report_error(&e);
         }
+        // What the UI and /metrics show for the batch group.
+        out.set_gauge("trident.batches.in-flight", self.in_flight.len() as i64);
+        out.set_gauge("trident.txid.committed", self.stored.committed as i64);
+        out.set_gauge("trident.replays", self.replays as i64);
+        out.set_gauge("trident.batch.latency-ms", self.last_latency_ms as i64);
         // Replays first, in txid order.
         let due: Vec<u64> = self
             .in_flight
@@ -408,6 +421,7 @@ impl Spout for Coordinator {
             (KIND_COMMIT, Phase::Committing) => {
                 let tx = self.in_flight.remove(&txid).expect("in flight");
                 self.emitted.remove(&txid);
+                self.last_latency_ms = tx.started.elapsed().as_millis();
                 crate::metrics::record_commit(
                     &self.plan.groups[self.group].txstate,
                     tx.started.elapsed(),
@@ -462,6 +476,7 @@ impl Spout for Coordinator {
                 tx.phase = Phase::ToEmit;
                 tx.not_before = Instant::now() + Duration::from_millis(50u64 << tx.failures.min(6));
                 crate::metrics::record_replays(&self.plan.groups[self.group].txstate, 1);
+                self.replays += 1;
             }
             _ => {}
         }

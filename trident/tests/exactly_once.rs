@@ -143,8 +143,22 @@ fn run(name: &str, opaque: bool, store: Store, p_fn: f64, p_state: f64) {
         std::thread::sleep(Duration::from_millis(50));
     };
     let errors = cluster.errors(name).unwrap();
-    cluster.kill_topology(name).unwrap();
+    let stats = cluster.kill_topology(name).unwrap();
     assert_eq!(got, want, "final counts differ from the input's");
+    // The coordinator's gauges say where the batches are.
+    let gauges = &stats.component("$mastercoord-bg0").gauges;
+    assert!(
+        gauges
+            .get("trident.txid.committed")
+            .is_some_and(|&t| t >= 1),
+        "{gauges:?}"
+    );
+    if p_fn > 0.0 || p_state > 0.0 {
+        assert!(
+            gauges.get("trident.replays").is_some_and(|&r| r >= 1),
+            "{gauges:?}"
+        );
+    }
     // The failures really happened (and were reported as errors).
     if p_fn > 0.0 {
         assert!(
