@@ -19,7 +19,7 @@
 //! update the state then, and ack or fail the `$commit` tuple.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,7 +161,6 @@ pub(crate) struct StageBolt {
     committed: HashMap<usize, u64>,
     component: String,
     task: TaskId,
-    hasher: foldhash::fast::FixedState,
 }
 
 impl StageBolt {
@@ -192,14 +191,9 @@ impl StageBolt {
             committed: HashMap::new(),
             component,
             task: TaskId(0),
-            hasher: foldhash::fast::FixedState::default(),
             plan,
             stage,
         }
-    }
-
-    fn stage_nodes(&self) -> &[NodeId] {
-        &self.plan.stages[self.stage].nodes
     }
 
     fn make_procs(&mut self, conf: &Config, ctx: &TopologyContext) -> Result<(), BoxError> {
@@ -298,8 +292,7 @@ impl StageBolt {
     ) -> Result<(), OpError> {
         let plan = self.plan.clone();
         let pnode = &plan.nodes[node];
-        for (pos, &e) in pnode.out_edges.iter().enumerate() {
-            let _ = pos;
+        for &e in &pnode.out_edges {
             let edge = &plan.edges[e];
             let mut values: Values = SmallVec::with_capacity(2 + pnode.layout.len());
             values.push(Value::Int(bk.1 as i64));
@@ -356,7 +349,7 @@ impl StageBolt {
                 let r = result
                     .map_err(|e| OpError::new(&node.g.op, e))
                     .and_then(|()| {
-                        let added = node.g.fields.len() - input_len_before(node, segs);
+                        let added = node.g.fields.len() - input_len_before(node);
                         let mut next: SmallVec<[&[Value]; 8]> = segs.iter().copied().collect();
                         for v in &buf {
                             if v.len() != added {
@@ -785,7 +778,7 @@ impl StageBolt {
                         Some(NodeBatch::Buffered(s)) => s,
                         _ => Vec::new(),
                     };
-                    for row in join_rows(node, &plan, sides) {
+                    for row in join_rows(node, sides) {
                         self.push(out, bk, attempt, i, &[&row])?;
                     }
                 }
@@ -974,13 +967,7 @@ impl StageBolt {
 
     // ---- commit ----------------------------------------------------------------------
 
-    fn commit(
-        &mut self,
-        out: &mut OutputCollector<'_>,
-        group: usize,
-        txid: u64,
-        attempt: u64,
-    ) -> Result<(), String> {
+    fn commit(&mut self, group: usize, txid: u64, attempt: u64) -> Result<(), String> {
         let bk = (group, txid);
         let Some(b) = self.batches.get(&bk) else {
             return Err(format!(
@@ -1060,7 +1047,6 @@ impl StageBolt {
             }
             st.commit(txid).map_err(named)?;
         }
-        let _ = out;
         Ok(())
     }
 
@@ -1123,7 +1109,7 @@ impl StageBolt {
     }
 }
 
-fn input_len_before(node: &crate::plan::PNode, _segs: &[&[Value]]) -> usize {
+fn input_len_before(node: &crate::plan::PNode) -> usize {
     // An `each` node's fields are its parent's plus what the function adds.
     node.layout
         .iter()
@@ -1158,7 +1144,7 @@ fn buffered(batch: &mut Batch, node: NodeId, sides: usize) -> &mut Vec<Vec<Value
 }
 
 /// Inner join of the sides on their keys: key fields, then each side's other fields.
-fn join_rows(node: &crate::plan::PNode, plan: &Plan, mut sides: Vec<Vec<Values>>) -> Vec<Values> {
+fn join_rows(node: &crate::plan::PNode, mut sides: Vec<Vec<Values>>) -> Vec<Values> {
     let NodeKind::Join { keys } = &node.g.kind else {
         return Vec::new();
     };
@@ -1207,7 +1193,6 @@ fn join_rows(node: &crate::plan::PNode, plan: &Plan, mut sides: Vec<Vec<Values>>
         }
         acc = next;
     }
-    let _ = plan;
     acc.into_iter()
         .map(|(k, rest)| {
             let mut row: Values = k.into_iter().collect();
@@ -1272,7 +1257,6 @@ impl Bolt for StageBolt {
                     .to_vec()
             })
             .collect();
-        let _ = self.hasher.build_hasher();
         self.make_procs(conf, ctx)
     }
 
@@ -1320,7 +1304,7 @@ impl Bolt for StageBolt {
                 .iter()
                 .position(|g| g.coordinator == input.source_component())
                 .unwrap_or(0);
-            match self.commit(out, group, txid, attempt) {
+            match self.commit(group, txid, attempt) {
                 // The batch may still be replayed (another task's commit failed):
                 // what is committed everywhere comes from the coordinator.
                 Ok(()) => out.ack(&input),
@@ -1406,11 +1390,5 @@ impl Bolt for StageBolt {
         let mut c = Config::new();
         c.set_tick_tuple_freq_secs(1);
         c
-    }
-}
-
-impl Drop for StageBolt {
-    fn drop(&mut self) {
-        let _ = self.stage_nodes();
     }
 }
