@@ -18,7 +18,7 @@ pub fn calls(function: Option<&str>, args: &[String]) -> anyhow::Result<Vec<(Str
             if args.is_empty() {
                 bail!("nothing to call: give -f FUNCTION ARGUMENT... or FUNCTION ARGUMENT pairs");
             }
-            if args.len() % 2 != 0 {
+            if !args.len().is_multiple_of(2) {
                 bail!(
                     "without -f, arguments come in pairs (FUNCTION ARGUMENT ...), got {} \
                      arguments; use -f FUNCTION to call one function with each argument",

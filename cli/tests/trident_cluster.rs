@@ -2,9 +2,9 @@
 //! (`trident-word-count`) counts a known stream of sentences into a real Redis on three
 //! workers spread over two supervisors (real ZooKeeper, Nimbus, `squall drpc`), while
 //! workers are SIGKILLed again and again: the one running the master batch coordinator
-//! (`$mastercoord-bg0`), ones holding count partitions, two at once. At the end every
-//! count in Redis, and every DRPC answer, equals the count of an ideal run exactly: no
-//! batch lost, none applied twice. The coordinator's metadata is in ZooKeeper under
+//! (`$mastercoord-bg0`), ones holding count partitions, two at once, all at once. At the
+//! end every count in Redis, and every DRPC answer, equals the count of an ideal run
+//! exactly: no batch lost, none applied twice. The coordinator's metadata is in ZooKeeper under
 //! `<storm.zookeeper.root>/transactional/sentences/`.
 //!
 //! Figures (sentences, kills, recoveries, time to converge) are printed on stderr
@@ -261,6 +261,8 @@ enum Target {
     State,
     /// The coordinator's worker and another one at the same moment.
     CoordinatorAndAnother,
+    /// Every worker of the topology at the same moment.
+    All,
 }
 
 #[test]
@@ -341,6 +343,17 @@ fn trident_counts_exactly_once_through_worker_kills() {
         3,
         "three workers: {where_:?}"
     );
+    let page = block(c.client().page(NAME)).expect("the topology's page");
+    let nodes: BTreeSet<&str> = page
+        .executors
+        .iter()
+        .map(|e| e.supervisor_id.as_str())
+        .collect();
+    assert_eq!(
+        nodes.len(),
+        2,
+        "the workers run on both supervisors: {nodes:?}"
+    );
 
     let batches_needed = sentences.div_ceil(PARTITIONS * BATCH_SIZE);
     let round = [
@@ -348,6 +361,7 @@ fn trident_counts_exactly_once_through_worker_kills() {
         Target::State,
         Target::CoordinatorAndAnother,
         Target::State,
+        Target::All,
         Target::Coordinator,
     ];
     let mut kills = 0;
@@ -372,6 +386,13 @@ fn trident_counts_exactly_once_through_worker_kills() {
                 let other = all.into_iter().find(|&p| p != coord).expect("3 workers");
                 vec![coord, other]
             }
+            Target::All => ports
+                .values()
+                .flatten()
+                .copied()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         };
         let before = zk.committed();
         let incarnation = zk.incarnation();

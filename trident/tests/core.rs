@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use squall_api::{values, BoxError, Config, Value};
 use squall_trident::state::{Key, MapState, StateContext, StateError, StateFactory};
+use squall_trident::store::CoordinatorStore;
 use squall_trident::{
     Count, FeederSpout, Opaque, Transactional, TridentCollector, TridentTopology, TridentTuple,
 };
@@ -207,6 +208,14 @@ fn run(name: &str, opaque: bool, p_fn: f64, p_state: f64) {
     let got = wait_for(&state, &want, 60);
     cluster.kill_topology(name).unwrap();
     assert_eq!(got, want, "final counts differ from the input's");
+    // The batch group's transactional state is named after the stream (Storm's txId).
+    let record = squall_trident::store::MemoryStore::global()
+        .get(&format!("{name}/coordinator"))
+        .unwrap();
+    assert!(
+        record.is_some(),
+        "no coordinator record at {name}/coordinator"
+    );
 }
 
 #[test]
