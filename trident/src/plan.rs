@@ -194,6 +194,9 @@ pub(crate) struct Graph {
     pub states: Vec<StateDecl>,
     pub errors: Vec<String>,
     pub stream_names: BTreeSet<String>,
+    /// Spout node -> the stream name it was created with: the batch group's
+    /// transactional state (`<root>/transactional/<name>/...`, as Storm's txId).
+    pub spout_streams: BTreeMap<NodeId, String>,
 }
 
 impl Graph {
@@ -419,7 +422,13 @@ pub(crate) fn compile(graph: &Graph) -> Result<Plan, String> {
             NodeKind::Spout(def) => {
                 g.spout_stages.push(s);
                 if g.txstate.is_empty() {
-                    g.txstate = graph.nodes[i].op.clone();
+                    // The name given to `new_stream` (Storm's txId), not the
+                    // component's `spout-<name>`.
+                    g.txstate = graph
+                        .spout_streams
+                        .get(&i)
+                        .cloned()
+                        .unwrap_or_else(|| graph.nodes[i].op.clone());
                 }
                 if let SpoutKind::Drpc { function, local } = &def.kind {
                     g.drpc = Some((function.clone(), local.clone()));

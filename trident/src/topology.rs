@@ -126,6 +126,7 @@ impl TridentTopology {
             name: None,
             parallelism: None,
         });
+        g.spout_streams.insert(node, name.to_owned());
         drop(g);
         Stream {
             graph: self.graph.clone(),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use squall_api::{values, BoxError, Config};
 use squall_trident::state::Snapshot;
+use squall_trident::store::CoordinatorStore;
 use squall_trident::{
     Count, FeederSpout, MemoryMapState, Opaque, RedisMapState, Transactional, TridentCollector,
     TridentTopology, TridentTuple,
@@ -145,6 +146,14 @@ fn run(name: &str, opaque: bool, store: Store, p_fn: f64, p_state: f64) {
     let errors = cluster.errors(name).unwrap();
     let stats = cluster.kill_topology(name).unwrap();
     assert_eq!(got, want, "final counts differ from the input's");
+    // The batch group's transactional state is named after the stream (Storm's txId).
+    let record = squall_trident::store::MemoryStore::global()
+        .get(&format!("{name}/coordinator"))
+        .unwrap();
+    assert!(
+        record.is_some(),
+        "no coordinator record at {name}/coordinator"
+    );
     // The coordinator's gauges say where the batches are.
     let gauges = &stats.component("$mastercoord-bg0").gauges;
     assert!(

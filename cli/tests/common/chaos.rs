@@ -233,6 +233,11 @@ impl ChaosCluster {
         self.zk = Some(ZooKeeperServer::start(opts).expect("ZooKeeper restarts"));
     }
 
+    /// ZooKeeper's connect string, `127.0.0.1:<port>`.
+    pub fn zk_connect_string(&self) -> String {
+        format!("127.0.0.1:{}", self.zk_port)
+    }
+
     /// A client of a running Nimbus (a standby redirects to the leader).
     pub fn client(&self) -> NimbusClient {
         let i = (0..self.nimbus_ports.len())
@@ -290,6 +295,24 @@ impl ChaosCluster {
     /// Live worker pids per supervisor, from their heartbeat files.
     pub fn worker_pids(&self, sup: &str) -> Vec<u32> {
         super::worker_pids(&self.daemons[sup].local.join("workers"))
+    }
+
+    /// The live worker on slot `port` (of any supervisor): its supervisor and pid,
+    /// from the heartbeat file in its `workers/<topology-id>-<port>` directory.
+    pub fn worker_at(&self, port: u16) -> Option<(String, u32)> {
+        let suffix = format!("-{port}");
+        self.names("sup").into_iter().find_map(|sup| {
+            let dir = self.daemons[&sup].local.join("workers");
+            find_files(&dir, "heartbeat").into_iter().find_map(|p| {
+                let slot = p.parent()?.file_name()?.to_str()?;
+                if !slot.ends_with(&suffix) {
+                    return None;
+                }
+                let hb: squall_cluster::state::LocalHeartbeat =
+                    serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+                super::alive(hb.pid).then(|| (sup.clone(), hb.pid))
+            })
+        })
     }
 
     pub fn all_worker_pids(&self) -> Vec<(String, u32)> {
