@@ -2,6 +2,7 @@
 //! are known in advance, so final counts can be checked.
 
 use squall_api::{values, BoxError, Config, Fields, Topology, TopologyContext, Value};
+use squall_trident::spout::{parse_range, range_meta};
 use squall_trident::{
     Count, FilterNull, MapGet, MemoryMapState, PartitionedEmitter, PartitionedSpout, RedisMapState,
     Sum, TransactionAttempt, Transactional, TridentCollector, TridentError, TridentTopology,
@@ -41,16 +42,6 @@ impl SentenceSpout {
     }
 }
 
-fn range(meta: &Value) -> Result<(u64, u64), BoxError> {
-    match meta {
-        Value::List(l) if l.len() == 2 => Ok((
-            l[0].as_i64().ok_or("bad start")? as u64,
-            l[1].as_i64().ok_or("bad end")? as u64,
-        )),
-        _ => Err(format!("bad batch metadata {meta:?}").into()),
-    }
-}
-
 impl PartitionedSpout for SentenceSpout {
     fn output_fields(&self) -> Fields {
         Fields::new(["sentence"])
@@ -76,16 +67,13 @@ impl PartitionedEmitter for SentenceSpout {
         out: &mut TridentCollector,
     ) -> Result<Value, BoxError> {
         let p: u64 = partition.parse()?;
-        let start = prev.map(range).transpose()?.map_or(0, |(_, e)| e);
+        let start = prev.map(parse_range).transpose()?.map_or(0, |(_, e)| e);
         let end = start
             .saturating_add(self.batch_size)
             .min(self.partition_len(p))
             .max(start);
         self.emit(p, start, end, out);
-        Ok(Value::List(vec![
-            Value::Int(start as i64),
-            Value::Int(end as i64),
-        ]))
+        Ok(range_meta(start, end))
     }
     fn emit_again(
         &mut self,
@@ -94,7 +82,7 @@ impl PartitionedEmitter for SentenceSpout {
         meta: &Value,
         out: &mut TridentCollector,
     ) -> Result<(), BoxError> {
-        let (start, end) = range(meta)?;
+        let (start, end) = parse_range(meta)?;
         self.emit(partition.parse()?, start, end, out);
         Ok(())
     }

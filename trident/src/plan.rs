@@ -219,6 +219,8 @@ pub(crate) struct Edge {
     pub stream: String,
     pub coord_stream: String,
     pub from_stage: usize,
+    /// This edge's position among the sending stage's out-edges.
+    pub from_pos: usize,
     pub to_stage: usize,
     pub group: usize,
 }
@@ -355,12 +357,14 @@ pub(crate) fn compile(graph: &Graph) -> Result<Plan, String> {
                 stream: format!("s{e}"),
                 coord_stream: format!("s{e}-coord"),
                 from_stage: node_stage[from],
+                from_pos: 0,
                 to_stage: stage,
                 group: node_group[i],
             });
         }
     }
-    for (e, edge) in edges.iter().enumerate() {
+    for (e, edge) in edges.iter_mut().enumerate() {
+        edge.from_pos = stages[edge.from_stage].out_edges.len();
         stages[edge.from_stage].out_edges.push(e);
         stages[edge.to_stage].in_edges.push(e);
     }

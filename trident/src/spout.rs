@@ -159,8 +159,9 @@ impl<S: BatchSpout + Clone> TridentSpout for NonTransactional<S> {
     }
 }
 
-/// Reads a `[start, end]` range from batch metadata.
-fn range(meta: &Value) -> Result<(u64, u64), BoxError> {
+/// Reads batch metadata made by [`range_meta`]: `[start, end]`, for spouts whose
+/// batches are offset ranges.
+pub fn parse_range(meta: &Value) -> Result<(u64, u64), BoxError> {
     match meta {
         Value::List(l) if l.len() == 2 => match (l[0].as_i64(), l[1].as_i64()) {
             (Some(s), Some(e)) if 0 <= s && s <= e => Ok((s as u64, e as u64)),
@@ -170,7 +171,8 @@ fn range(meta: &Value) -> Result<(u64, u64), BoxError> {
     }
 }
 
-fn range_meta(start: u64, end: u64) -> Value {
+/// Batch metadata for the offsets `start..end` (see [`parse_range`]).
+pub fn range_meta(start: u64, end: u64) -> Value {
     Value::List(vec![Value::Int(start as i64), Value::Int(end as i64)])
 }
 
@@ -245,7 +247,7 @@ impl PartitionedEmitter for FixedBatchSpout {
         prev: Option<&Value>,
         out: &mut TridentCollector,
     ) -> Result<Value, BoxError> {
-        let start = prev.map(range).transpose()?.map_or(0, |(_, e)| e);
+        let start = prev.map(parse_range).transpose()?.map_or(0, |(_, e)| e);
         let n = self.tuples.len() as u64;
         let limit = if self.cycle && n > 0 { u64::MAX } else { n };
         let end = (start + self.max_batch_size as u64).min(limit).max(start);
@@ -259,7 +261,7 @@ impl PartitionedEmitter for FixedBatchSpout {
         meta: &Value,
         out: &mut TridentCollector,
     ) -> Result<(), BoxError> {
-        let (start, end) = range(meta)?;
+        let (start, end) = parse_range(meta)?;
         if end > start && self.tuples.is_empty() {
             return Err("FixedBatchSpout has no tuples".into());
         }
@@ -398,7 +400,7 @@ impl PartitionedEmitter for FeederEmitter {
         out: &mut TridentCollector,
     ) -> Result<Value, BoxError> {
         let p = FeederSpout::partition_index(partition)?;
-        let start = prev.map(range).transpose()?.map_or(0, |(_, e)| e);
+        let start = prev.map(parse_range).transpose()?.map_or(0, |(_, e)| e);
         let available = self
             .feeder
             .partitions
@@ -422,7 +424,7 @@ impl PartitionedEmitter for FeederEmitter {
         out: &mut TridentCollector,
     ) -> Result<(), BoxError> {
         let p = FeederSpout::partition_index(partition)?;
-        let (start, end) = range(meta)?;
+        let (start, end) = parse_range(meta)?;
         self.feeder.emit_range(p, start, end, out)
     }
 }

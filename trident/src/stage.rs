@@ -88,15 +88,15 @@ enum Proc {
 
 /// A node's per-batch state.
 enum NodeBatch {
-    /// Combiner or reducer values per group.
+    /// Combiner or reducer values per group (also a persist's combiner partials).
     Values(FoldHashMap<HKey, Value>),
     /// General aggregator states per group, in first-seen order.
     General(
         FoldHashMap<HKey, usize>,
         Vec<(HKey, Box<dyn std::any::Any + Send>)>,
     ),
-    /// Persist partials per key (combiner partials, or the raw input tuples).
-    Partials(FoldHashMap<HKey, Value>),
+    /// Persist inputs per key: the raw input tuples of a reducer (combiner partials
+    /// are `Values`).
     Tuples(FoldHashMap<HKey, Vec<Values>>),
     /// Buffered tuples (state queries), per side (joins), or results and the request
     /// (DRPC return).
@@ -302,13 +302,8 @@ impl StageBolt {
             }
             self.task_buf.clear();
             out.emit_with_task_ids_into(&edge.stream, &[], values, &mut self.task_buf);
-            let out_pos = plan.stages[self.stage]
-                .out_edges
-                .iter()
-                .position(|&x| x == e)
-                .expect("out edge of this stage");
             if let Some(batch) = self.batches.get_mut(&bk) {
-                let sent = &mut batch.sent[out_pos];
+                let sent = &mut batch.sent[edge.from_pos];
                 for &t in &self.task_buf {
                     *sent.entry(t).or_insert(0) += 1;
                 }
@@ -416,29 +411,12 @@ impl StageBolt {
             }
             NodeKind::Aggregate { agg, .. } => self.aggregate(bk, c, agg, segs),
             NodeKind::Persist { update, .. } => {
-                let key = HKey(
-                    node.key_slots
-                        .iter()
-                        .map(|&(s, o)| segs[s as usize][o as usize].clone())
-                        .collect(),
-                );
+                let key = key_of(&node.key_slots, segs);
                 let batch = self.batches.get_mut(&bk).expect("batch exists");
                 match update {
                     PersistImpl::CombinePartials(agg) => {
-                        let NodeBatch::Partials(map) = batch
-                            .nodes
-                            .entry(c)
-                            .or_insert_with(|| NodeBatch::Partials(FoldHashMap::default()))
-                        else {
-                            unreachable!("persist partials")
-                        };
                         let partial = input().get(node.input_fields.len() - 1).clone();
-                        match map.get_mut(&key) {
-                            Some(v) => *v = agg.combine(std::mem::take(v), partial),
-                            None => {
-                                map.insert(key, partial);
-                            }
-                        }
+                        combine_into(values_of(batch, c), key, partial, agg.as_ref());
                     }
                     PersistImpl::Reduce(_) => {
                         let NodeBatch::Tuples(map) = batch
@@ -476,12 +454,7 @@ impl StageBolt {
         let plan = self.plan.clone();
         let node = &plan.nodes[c];
         let input = TridentTuple::new(segs, &node.input_slots, &node.input_fields);
-        let key = HKey(
-            node.key_slots
-                .iter()
-                .map(|&(s, o)| segs[s as usize][o as usize].clone())
-                .collect(),
-        );
+        let key = key_of(&node.key_slots, segs);
         let batch = self.batches.get_mut(&bk).expect("batch exists");
         let op = &node.g.op;
         match agg {
@@ -491,28 +464,10 @@ impl StageBolt {
                 } else {
                     agg.init(&input).map_err(|e| OpError::new(op, e))?
                 };
-                let NodeBatch::Values(map) = batch
-                    .nodes
-                    .entry(c)
-                    .or_insert_with(|| NodeBatch::Values(FoldHashMap::default()))
-                else {
-                    unreachable!("combiner values")
-                };
-                match map.get_mut(&key) {
-                    Some(acc) => *acc = agg.combine(std::mem::take(acc), v),
-                    None => {
-                        map.insert(key, v);
-                    }
-                }
+                combine_into(values_of(batch, c), key, v, agg.as_ref());
             }
             AggImpl::Reduce(agg) => {
-                let NodeBatch::Values(map) = batch
-                    .nodes
-                    .entry(c)
-                    .or_insert_with(|| NodeBatch::Values(FoldHashMap::default()))
-                else {
-                    unreachable!("reducer values")
-                };
+                let map = values_of(batch, c);
                 let acc = map.remove(&key).unwrap_or_else(|| agg.init());
                 let acc = agg.reduce(acc, &input).map_err(|e| OpError::new(op, e))?;
                 map.insert(key, acc);
@@ -1006,7 +961,7 @@ impl StageBolt {
             };
             st.begin_commit(txid).map_err(named)?;
             match (update, batch.nodes.remove(&i)) {
-                (PersistImpl::CombinePartials(agg), Some(NodeBatch::Partials(map))) => {
+                (PersistImpl::CombinePartials(agg), Some(NodeBatch::Values(map))) => {
                     let (keys, partials): (Vec<Key>, Vec<Value>) =
                         map.into_iter().map(|(k, v)| (k.0, v)).unzip();
                     let mut partials: Vec<Option<Value>> = partials.into_iter().map(Some).collect();
@@ -1130,6 +1085,43 @@ fn check_width(node: &crate::plan::PNode, v: &Values) -> Result<(), OpError> {
         ));
     }
     Ok(())
+}
+
+/// The values of the group-by fields at `slots`.
+fn key_of(slots: &[Slot], segs: &[&[Value]]) -> HKey {
+    HKey(
+        slots
+            .iter()
+            .map(|&(s, o)| segs[s as usize][o as usize].clone())
+            .collect(),
+    )
+}
+
+/// A node's per-group values in `batch` (combiners, reducers, persist partials).
+fn values_of(batch: &mut Batch, node: NodeId) -> &mut FoldHashMap<HKey, Value> {
+    match batch
+        .nodes
+        .entry(node)
+        .or_insert_with(|| NodeBatch::Values(FoldHashMap::default()))
+    {
+        NodeBatch::Values(map) => map,
+        _ => unreachable!("a node keeps one kind of batch state"),
+    }
+}
+
+/// Combines `v` into the value of `key`.
+fn combine_into(
+    map: &mut FoldHashMap<HKey, Value>,
+    key: HKey,
+    v: Value,
+    agg: &dyn crate::operation::CombinerAggregator,
+) {
+    match map.get_mut(&key) {
+        Some(acc) => *acc = agg.combine(std::mem::take(acc), v),
+        None => {
+            map.insert(key, v);
+        }
+    }
 }
 
 fn buffered(batch: &mut Batch, node: NodeId, sides: usize) -> &mut Vec<Vec<Values>> {
