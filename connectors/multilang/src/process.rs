@@ -190,10 +190,12 @@ impl ShellProcess {
                 Ok(Event::Closed) | Err(RecvTimeoutError::Disconnected) => {
                     return Err("exited before answering the handshake".into())
                 }
-                Err(RecvTimeoutError::Timeout) => return Err(format!(
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!(
                     "did not answer the handshake within {} s (topology.subprocess.timeout.secs)",
                     launch.timeout.as_secs_f64()
-                )),
+                ))
+                }
             }
         }
     }
