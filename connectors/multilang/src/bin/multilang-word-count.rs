@@ -63,7 +63,7 @@ fn split_bolt() -> ShellBolt {
         .output_fields(["word"])
 }
 
-/// CPU seconds (user + system) of a process, from /proc/<pid>/stat.
+/// CPU seconds (user + system) of a process, from `/proc/<pid>/stat`.
 fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
