@@ -2,15 +2,17 @@
 //! of the topics read, deals them over the spout's tasks (Storm 2's
 //! `RoundRobinManualPartitioner`), finds where newly owned partitions start (the first
 //! poll offset strategy against the group's committed offsets), and reads the high
-//! watermarks of the partitions owned, for the lag gauges. It talks to the brokers with
-//! its own client, so the executor thread never waits for a broker.
+//! watermarks of the partitions owned, for the lag gauges. It also makes the spout's
+//! commits (synchronously, so it knows which succeeded: librdkafka reports nothing about
+//! manual asynchronous commits). It talks to the brokers with its own client, so the
+//! executor thread never waits for a broker.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::metadata::Metadata;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -85,6 +87,8 @@ pub(crate) struct Shared {
     plan: Mutex<Option<Plan>>,
     plan_version: AtomicU64,
     high: Mutex<HashMap<Tp, i64>>,
+    confirmed: Mutex<Vec<(String, i32, i64)>>,
+    committing: AtomicBool,
     pub(crate) errors: ErrorSink,
 }
 
@@ -94,8 +98,20 @@ impl Shared {
             plan: Mutex::new(None),
             plan_version: AtomicU64::new(0),
             high: Mutex::new(HashMap::new()),
+            confirmed: Mutex::new(Vec::new()),
+            committing: AtomicBool::new(false),
             errors,
         })
+    }
+
+    /// The commits Kafka confirmed since the last call: `(topic, partition, offset)`.
+    pub(crate) fn take_confirmed(&self) -> Vec<(String, i32, i64)> {
+        std::mem::take(&mut *self.confirmed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether a commit sent to the thread is not finished yet.
+    pub(crate) fn committing(&self) -> bool {
+        self.committing.load(Ordering::Acquire)
     }
 
     /// The newest plan, if one came since the last call (cheap when none did).
@@ -119,9 +135,31 @@ impl Shared {
     }
 }
 
-/// Stops the metadata thread when dropped (without waiting for it).
+/// A commit for the metadata thread to make.
+pub(crate) struct Commit {
+    /// `(topic, partition, offset)` to commit.
+    pub(crate) offsets: Vec<(String, i32, i64)>,
+    /// Stored with each offset.
+    pub(crate) metadata: String,
+    /// Told whether the commit succeeded.
+    pub(crate) done: Option<mpsc::Sender<bool>>,
+}
+
+/// Hands commits to the metadata thread; stops it when dropped (without waiting).
 pub(crate) struct MetaThread {
-    _stop: mpsc::Sender<()>,
+    requests: mpsc::Sender<Commit>,
+    shared: Arc<Shared>,
+}
+
+impl MetaThread {
+    /// Commits in the background; the result shows in [`Shared::take_confirmed`] (and
+    /// an error in the error sink).
+    pub(crate) fn commit(&self, commit: Commit) {
+        self.shared.committing.store(true, Ordering::Release);
+        if self.requests.send(commit).is_err() {
+            self.shared.committing.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// Who the metadata thread works for.
@@ -150,8 +188,9 @@ pub(crate) fn spawn(
             e,
         )
     })?;
-    let (stop, stopped) = mpsc::channel::<()>();
+    let (requests, incoming) = mpsc::channel::<Commit>();
     let config = config.clone();
+    let thread_shared = shared.clone();
     std::thread::Builder::new()
         .name(format!("kafka-meta-{}", owner.task))
         .spawn(move || {
@@ -159,22 +198,27 @@ pub(crate) fn spawn(
                 consumer,
                 config,
                 owner,
-                shared,
+                shared: thread_shared,
                 owned: Vec::new(),
                 missing_reported: BTreeSet::new(),
             };
-            loop {
+            'rounds: loop {
                 round.run();
-                match stopped.recv_timeout(round.config.refresh_period) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => break,
+                let next = std::time::Instant::now() + round.config.refresh_period;
+                loop {
+                    let wait = next.saturating_duration_since(std::time::Instant::now());
+                    match incoming.recv_timeout(wait) {
+                        Ok(c) => round.commit(c),
+                        Err(mpsc::RecvTimeoutError::Timeout) => break,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break 'rounds,
+                    }
                 }
             }
             // Dropping an rdkafka client can block for a while: this thread is not waited
             // for, so it does not matter.
         })
         .map_err(|e| crate::Error::Config(format!("cannot start a thread: {e}")))?;
-    Ok(MetaThread { _stop: stop })
+    Ok(MetaThread { requests, shared })
 }
 
 struct Round {
@@ -191,6 +235,38 @@ impl Round {
         self.shared
             .errors
             .push(format!("KafkaSpout {}: {what}", self.owner.component));
+    }
+
+    fn commit(&mut self, c: Commit) {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, o) in &c.offsets {
+            if tpl.add_partition_offset(t, *p, Offset::Offset(*o)).is_ok() {
+                if let Some(mut e) = tpl.find_partition(t, *p) {
+                    e.set_metadata(c.metadata.as_str());
+                }
+            }
+        }
+        let ok = match self.consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => {
+                self.shared
+                    .confirmed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(c.offsets);
+                true
+            }
+            Err(e) => {
+                self.err(format!(
+                    "committing offsets for group '{}' failed: {e}; retried at the next commit",
+                    self.config.group_id
+                ));
+                false
+            }
+        };
+        self.shared.committing.store(false, Ordering::Release);
+        if let Some(done) = c.done {
+            let _ = done.send(ok);
+        }
     }
 
     fn run(&mut self) {

@@ -1,19 +1,19 @@
 //! `KafkaSpout`: reads Kafka topics into a topology (Storm's `KafkaSpout`).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use squall_api::{
     BoxError, Config, OutputFieldsDeclarer, Spout, SpoutOutputCollector, TopologyContext, Value,
 };
 
 use crate::config::{KafkaSpoutConfig, ProcessingGuarantee};
-use crate::meta::{self, MetaThread, Owner, Plan, Shared};
+use crate::meta::{self, Commit, MetaThread, Owner, Plan, Shared};
 use crate::offsets::{Failed, PartitionOffsets};
 use crate::record::KafkaRecord;
 use crate::util::{commit_metadata, partition_gauge_name, ErrorSink};
@@ -65,52 +65,22 @@ impl KafkaSpout {
     }
 }
 
-/// Events librdkafka hands to the spout's thread while it polls.
-struct Events {
-    confirmed: Mutex<Vec<(String, i32, i64)>>,
+/// Errors librdkafka reports on the spout's consumer.
+struct SpoutContext {
     errors: ErrorSink,
     component: String,
 }
 
-struct SpoutContext(Arc<Events>);
-
 impl ClientContext for SpoutContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        self.0.errors.push(format!(
+        self.errors.push(format!(
             "KafkaSpout {}: Kafka client error: {error} ({reason})",
-            self.0.component
+            self.component
         ));
     }
 }
 
-impl ConsumerContext for SpoutContext {
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => {
-                let mut c = self.0.confirmed.lock().unwrap_or_else(|p| p.into_inner());
-                for e in offsets.elements() {
-                    match (e.error(), e.offset()) {
-                        (Ok(()), Offset::Offset(o)) => {
-                            c.push((e.topic().to_owned(), e.partition(), o))
-                        }
-                        (Err(err), _) => self.0.errors.push(format!(
-                            "KafkaSpout {}: committing offset of {}/{} failed: {err}; \
-                             retried at the next commit",
-                            self.0.component,
-                            e.topic(),
-                            e.partition()
-                        )),
-                        _ => {}
-                    }
-                }
-            }
-            Err(e) => self.0.errors.push(format!(
-                "KafkaSpout {}: committing offsets failed: {e}; retried at the next commit",
-                self.0.component
-            )),
-        }
-    }
-}
+impl ConsumerContext for SpoutContext {}
 
 type Consumer_ = BaseConsumer<SpoutContext>;
 
@@ -124,9 +94,10 @@ struct Part {
 
 struct Running {
     consumer: Option<Consumer_>,
-    events: Arc<Events>,
+    errors: ErrorSink,
+    component: String,
     shared: Arc<Shared>,
-    _meta: MetaThread,
+    meta: Option<MetaThread>,
     plan_seen: u64,
     parts: Vec<Part>,
     index: HashMap<String, HashMap<i32, usize>>,
@@ -146,24 +117,22 @@ impl Spout for KafkaSpout {
         let component = ctx.this_component_id().to_string();
         let task = ctx.this_task_id().0;
         let errors = ErrorSink::new(ERROR_QUIET);
-        let events = Arc::new(Events {
-            confirmed: Mutex::new(Vec::new()),
-            errors: errors.clone(),
-            component: component.clone(),
-        });
         let mut cc = self.config.client_config();
         if !self.config.props.iter().any(|(k, _)| k == "client.id") {
             cc.set("client.id", format!("squall-{component}-{task}"));
         }
         let consumer: Consumer_ = cc
-            .create_with_context(SpoutContext(events.clone()))
+            .create_with_context(SpoutContext {
+                errors: errors.clone(),
+                component: component.clone(),
+            })
             .map_err(|e| {
                 format!(
                     "KafkaSpout {component}: cannot create the Kafka consumer for {}: {e}",
                     self.config.bootstrap_servers
                 )
             })?;
-        let shared = Shared::new(errors);
+        let shared = Shared::new(errors.clone());
         let num_tasks = ctx.component_tasks(&component).len().max(1);
         let meta = meta::spawn(
             &self.config,
@@ -178,9 +147,10 @@ impl Spout for KafkaSpout {
         )?;
         self.run = Some(Running {
             consumer: Some(consumer),
-            events,
+            errors,
+            component,
             shared,
-            _meta: meta,
+            meta: Some(meta),
             plan_seen: 0,
             parts: Vec::new(),
             index: HashMap::new(),
@@ -209,7 +179,7 @@ impl Spout for KafkaSpout {
             run.poll(config);
         }
         run.apply_confirmed();
-        for e in run.events.errors.drain() {
+        for e in run.errors.drain() {
             out.report_error(&e);
         }
         let now = Instant::now();
@@ -260,11 +230,11 @@ impl Spout for KafkaSpout {
             }
             Failed::Exhausted { fails } => {
                 run.exhausted += 1;
-                run.events.errors.push(format!(
+                run.errors.push(format!(
                     "KafkaSpout {}: message {}/{} offset {offset} failed {fails} times, more \
                      than the {} retries allowed: given up on (it counts as processed and \
                      its offset can be committed)",
-                    run.events.component,
+                    run.component,
                     part.topic,
                     part.partition,
                     self.config.retry.max_retries().unwrap_or(u32::MAX)
@@ -286,28 +256,24 @@ impl Spout for KafkaSpout {
         let Some(mut run) = self.run.take() else {
             return;
         };
-        let Some(consumer) = run.consumer.take() else {
-            return;
-        };
-        let tpl = if self.config.guarantee == ProcessingGuarantee::AtMostOnce {
-            None
-        } else {
-            run.commit_list(true)
-        };
-        // A last synchronous commit, and the consumer's teardown, off this thread and
-        // bounded: librdkafka can take long to close against a broker that is gone.
-        let (done, wait) = mpsc::channel::<()>();
-        let spawned = std::thread::Builder::new()
-            .name("kafka-spout-close".into())
-            .spawn(move || {
-                if let Some(tpl) = tpl {
-                    let _ = consumer.commit(&tpl, CommitMode::Sync);
-                }
-                let _ = done.send(());
-                drop(consumer);
-            });
-        if spawned.is_ok() {
-            let _ = wait.recv_timeout(CLOSE_TIMEOUT);
+        // A last commit, waited for (bounded: the broker may be gone).
+        if self.config.guarantee != ProcessingGuarantee::AtMostOnce {
+            if let (Some(meta), Some(offsets)) = (&run.meta, run.commit_list(true)) {
+                let (done, wait) = mpsc::channel();
+                meta.commit(Commit {
+                    offsets,
+                    metadata: run.metadata.clone(),
+                    done: Some(done),
+                });
+                let _ = wait.recv_timeout(CLOSE_TIMEOUT);
+            }
+        }
+        run.meta = None;
+        // librdkafka can take long to close a consumer: not on this thread.
+        if let Some(consumer) = run.consumer.take() {
+            let _ = std::thread::Builder::new()
+                .name("kafka-spout-close".into())
+                .spawn(move || drop(consumer));
         }
     }
 
@@ -343,9 +309,8 @@ impl Running {
     }
 
     fn err(&self, msg: String) {
-        self.events
-            .errors
-            .push(format!("KafkaSpout {}: {msg}", self.events.component));
+        self.errors
+            .push(format!("KafkaSpout {}: {msg}", self.component));
     }
 
     /// Takes the partitions of `plan`: kept ones go on where they are, new ones start
@@ -432,9 +397,9 @@ impl Running {
             match c.poll(Duration::ZERO) {
                 None => break,
                 Some(Err(e)) => {
-                    self.events.errors.push(format!(
+                    self.errors.push(format!(
                         "KafkaSpout {}: polling failed: {e}",
-                        self.events.component
+                        self.component
                     ));
                     break;
                 }
@@ -483,14 +448,7 @@ impl Running {
 
     /// Takes the commits Kafka confirmed.
     fn apply_confirmed(&mut self) {
-        let confirmed = std::mem::take(
-            &mut *self
-                .events
-                .confirmed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        for (t, p, o) in confirmed {
+        for (t, p, o) in self.shared.take_confirmed() {
             if let Some(&i) = self.index.get(&t).and_then(|ps| ps.get(&p)) {
                 let offs = &mut self.parts[i].offsets;
                 if o > offs.committed() {
@@ -502,31 +460,32 @@ impl Running {
 
     /// The offsets to commit: each partition's commit point past its confirmed commit
     /// (`all`: every partition's point, confirmed or not).
-    fn commit_list(&self, all: bool) -> Option<TopicPartitionList> {
-        let mut tpl = TopicPartitionList::new();
-        for p in &self.parts {
-            let point = p.offsets.commit_point();
-            if all || point > p.offsets.committed() {
-                tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(point))
-                    .ok()?;
-                if let Some(mut e) = tpl.find_partition(&p.topic, p.partition) {
-                    e.set_metadata(self.metadata.as_str());
-                }
-            }
-        }
-        (tpl.count() > 0).then_some(tpl)
+    fn commit_list(&self, all: bool) -> Option<Vec<(String, i32, i64)>> {
+        let offsets: Vec<(String, i32, i64)> = self
+            .parts
+            .iter()
+            .filter_map(|p| {
+                let point = p.offsets.commit_point();
+                (all || point > p.offsets.committed())
+                    .then(|| (p.topic.to_string(), p.partition, point))
+            })
+            .collect();
+        (!offsets.is_empty()).then_some(offsets)
     }
 
-    /// Commits asynchronously (the result comes back through `commit_callback`).
+    /// Commits in the background (the metadata thread confirms what succeeded); skipped
+    /// while an earlier commit is still being made, unless `all`.
     fn commit(&mut self, all: bool) {
-        self.last_commit = Instant::now();
-        let (Some(c), Some(tpl)) = (&self.consumer, self.commit_list(all)) else {
+        if self.shared.committing() && !all {
             return;
-        };
-        if let Err(e) = c.commit(&tpl, CommitMode::Async) {
-            self.err(format!(
-                "committing offsets failed: {e}; retried at the next commit"
-            ));
+        }
+        self.last_commit = Instant::now();
+        if let (Some(meta), Some(offsets)) = (&self.meta, self.commit_list(all)) {
+            meta.commit(Commit {
+                offsets,
+                metadata: self.metadata.clone(),
+                done: None,
+            });
         }
     }
 
@@ -588,7 +547,7 @@ impl Running {
             out.report_error(&format!(
                 "KafkaSpout {}: {} partitions: only the first {MAX_PARTITION_GAUGES} get a \
                  kafka.lag.<topic>.<partition> gauge; kafka.lag.total counts them all",
-                self.events.component,
+                self.component,
                 self.parts.len()
             ));
         }
