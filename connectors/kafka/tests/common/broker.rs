@@ -24,7 +24,12 @@ fn noida() -> PathBuf {
     if let Ok(p) = std::env::var("SQUALL_NOIDA") {
         return PathBuf::from(p);
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ensure-kafka-broker.sh");
+    // The repository's scripts, found from whichever package's tests include this file.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|d| d.join("scripts/ensure-kafka-broker.sh"))
+        .find(|p| p.is_file())
+        .expect("scripts/ensure-kafka-broker.sh above the package");
     let out = Command::new(&script)
         .stderr(Stdio::inherit())
         .output()
