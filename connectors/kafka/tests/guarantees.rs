@@ -131,12 +131,8 @@ fn failed_tuples_are_retried_only_at_least_once_and_given_up_only_past_max_retri
         assert_eq!(o.commits, end, "given-up messages count as done");
         let given_up: Vec<&String> = o.errors.iter().filter(|e| e.contains("given up")).collect();
         // Each is reported (the runtime keeps a component's last 10 errors).
-        assert_eq!(
-            given_up.len(),
-            o.errors.len().min(N).max(1),
-            "{:?}",
-            o.errors
-        );
+        assert!(!given_up.is_empty(), "no error reported: {:?}", o.errors);
+        assert_eq!(given_up.len(), o.errors.len(), "{:?}", o.errors);
         assert!(
             given_up[0].contains("offset") && given_up[0].contains("failed 3 times"),
             "{}",
