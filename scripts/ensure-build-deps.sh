@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure what the build itself needs beyond Rust is installed: `cmake` and zlib's
-# headers, with which the `rdkafka` crate builds its bundled librdkafka (Squall's Kafka
+# headers (and curl's, see below), with which the `rdkafka` crate builds its bundled librdkafka (Squall's Kafka
 # connector; Debian's own librdkafka is too old). Installs the Debian packages with
 # apt-get (as root) when missing, or exits non-zero saying why it cannot. Idempotent and
 # quiet when everything is there. Called by .ci/run and scripts/test.sh before cargo.
@@ -9,6 +9,9 @@ set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 [[ -f /usr/include/zlib.h ]] || missing+=(zlib1g-dev)
+# librdkafka 2.12's rdkafka_conf.c includes <curl/curl.h> even when built without curl
+# (`#ifdef` on a macro its cmake config always defines); only the header is needed.
+compgen -G '/usr/include/*curl/curl.h' >/dev/null || compgen -G '/usr/include/*/curl/curl.h' >/dev/null || missing+=(libcurl4-openssl-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)

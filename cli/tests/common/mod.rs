@@ -16,11 +16,17 @@ pub const SQUALL: &str = env!("CARGO_BIN_EXE_squall");
 
 /// A binary of the examples crate, built beside the tests (built here if missing).
 pub fn example(name: &str) -> PathBuf {
+    package_binary("squall-examples", name)
+}
+
+/// Binary `name` of workspace package `package`, built beside the tests (built here if
+/// missing).
+pub fn package_binary(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join(name);
     if !bin.is_file() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "squall-examples", "--bin", name])
+            .args(["build", "-p", package, "--bin", name])
             .status()
             .unwrap();
         assert!(status.success());
