@@ -289,7 +289,7 @@ impl Model {
         self.finals.push((id, time));
         let p = self.finals.len() as u64;
         if let Span::Count(s) = self.slide {
-            if p % s == 0 {
+            if p.is_multiple_of(s) {
                 self.trigger(p, now.unwrap_or(time));
             }
         }

@@ -87,7 +87,10 @@ impl WindowedBolt for Sizes {
 
 /// Collects what it receives, by stream.
 #[derive(Clone, Default)]
-struct Collect(Arc<Mutex<Vec<(String, Vec<Value>)>>>);
+struct Collect(Arc<Mutex<Vec<Received>>>);
+
+/// A received tuple: its stream and values.
+type Received = (String, Vec<Value>);
 
 impl BasicBolt for Collect {
     fn execute(

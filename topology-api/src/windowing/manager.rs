@@ -196,9 +196,12 @@ impl<T> WindowManager<T> {
 mod tests {
     use super::*;
 
+    /// A fired window: all, new, expired, start, end.
+    type Fired = (Vec<u32>, Vec<u32>, Vec<u32>, Option<i64>, i64);
+
     #[derive(Default)]
     struct Rec {
-        windows: Vec<(Vec<u32>, Vec<u32>, Vec<u32>, Option<i64>, i64)>,
+        windows: Vec<Fired>,
         evicted: Vec<u32>,
     }
 
