@@ -13,6 +13,7 @@ use squall_api::{
 };
 
 pub mod trident;
+pub mod windows;
 
 /// The five sentences of Storm's `RandomSentenceSpout`.
 pub const SENTENCES: [&str; 5] = [

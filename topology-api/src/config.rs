@@ -39,6 +39,36 @@ pub mod keys {
         "topology.max.error.report.per.interval";
     /// The interval of `topology.max.error.report.per.interval`, in seconds (default 10).
     pub const TOPOLOGY_ERROR_THROTTLE_INTERVAL_SECS: &str = "topology.error.throttle.interval.secs";
+    /// Squall: send a tick tuple to bolts every this many milliseconds (default: no
+    /// ticks). Storm's `topology.tick.tuple.freq.secs` counts whole seconds, too coarse
+    /// for the triggers and watermarks of windowed bolts, which set this key themselves;
+    /// when both are set this one wins.
+    pub const SQUALL_TICK_TUPLE_FREQ_MS: &str = "squall.tick.tuple.freq.ms";
+    /// Windowed bolts: the window length as a number of tuples.
+    pub const TOPOLOGY_BOLTS_WINDOW_LENGTH_COUNT: &str = "topology.bolts.window.length.count";
+    /// Windowed bolts: the window length in milliseconds.
+    pub const TOPOLOGY_BOLTS_WINDOW_LENGTH_DURATION_MS: &str =
+        "topology.bolts.window.length.duration.ms";
+    /// Windowed bolts: the sliding interval as a number of tuples (default 1).
+    pub const TOPOLOGY_BOLTS_SLIDING_INTERVAL_COUNT: &str = "topology.bolts.sliding.interval.count";
+    /// Windowed bolts: the sliding interval in milliseconds.
+    pub const TOPOLOGY_BOLTS_SLIDING_INTERVAL_DURATION_MS: &str =
+        "topology.bolts.sliding.interval.duration.ms";
+    /// Windowed bolts: the field holding each tuple's event time (ms); sets event time.
+    pub const TOPOLOGY_BOLTS_WINDOW_TIMESTAMP_FIELD_NAME: &str =
+        "topology.bolts.window.timestamp.field.name";
+    /// Windowed bolts: how far (ms) event times may lag behind the latest one (default 0).
+    pub const TOPOLOGY_BOLTS_TUPLE_TIMESTAMP_MAX_LAG_MS: &str =
+        "topology.bolts.tuple.timestamp.max.lag.ms";
+    /// Windowed bolts: milliseconds between two watermarks (default 1000).
+    pub const TOPOLOGY_BOLTS_WATERMARK_EVENT_INTERVAL_MS: &str =
+        "topology.bolts.watermark.event.interval.ms";
+    /// Windowed bolts: the stream late tuples are emitted on (default: none, dropped).
+    pub const TOPOLOGY_BOLTS_LATE_TUPLE_STREAM: &str = "topology.bolts.late.tuple.stream";
+    /// Squall: set (to a description) when a windowed bolt takes event times from a
+    /// timestamp extractor (code) rather than a field.
+    pub const SQUALL_BOLTS_WINDOW_TIMESTAMP_EXTRACTOR: &str =
+        "squall.bolts.window.timestamp.extractor";
     /// Trident: milliseconds between the starts of two batches (default 500).
     pub const TOPOLOGY_TRIDENT_BATCH_EMIT_INTERVAL_MILLIS: &str =
         "topology.trident.batch.emit.interval.millis";
@@ -253,6 +283,29 @@ impl Config {
             .filter(|&n| n > 0))
     }
 
+    /// Sets `squall.tick.tuple.freq.ms`: tick tuples every `ms` milliseconds.
+    pub fn set_tick_tuple_freq_ms(&mut self, ms: u64) -> &mut Self {
+        self.set(keys::SQUALL_TICK_TUPLE_FREQ_MS, ms as i64)
+    }
+
+    /// `squall.tick.tuple.freq.ms`, `None` when not set (or 0).
+    pub fn tick_tuple_freq_ms(&self) -> Result<Option<u64>, ConfigError> {
+        Ok(self
+            .get_u64(keys::SQUALL_TICK_TUPLE_FREQ_MS)?
+            .filter(|&n| n > 0))
+    }
+
+    /// How often a bolt gets tick tuples: `squall.tick.tuple.freq.ms` when set, else
+    /// `topology.tick.tuple.freq.secs`; `None` for no ticks.
+    pub fn tick_interval(&self) -> Result<Option<std::time::Duration>, ConfigError> {
+        if let Some(ms) = self.tick_tuple_freq_ms()? {
+            return Ok(Some(std::time::Duration::from_millis(ms)));
+        }
+        Ok(self
+            .tick_tuple_freq_secs()?
+            .map(std::time::Duration::from_secs))
+    }
+
     /// `topology.executor.receive.buffer.size` (default 32768 tuples).
     pub fn receive_buffer_size(&self) -> Result<u64, ConfigError> {
         self.positive(keys::TOPOLOGY_EXECUTOR_RECEIVE_BUFFER_SIZE, 32768)
@@ -302,6 +355,7 @@ impl Config {
         self.message_timeouts_enabled()?;
         self.debug()?;
         self.tick_tuple_freq_secs()?;
+        self.tick_tuple_freq_ms()?;
         self.receive_buffer_size()?;
         self.producer_batch_size()?;
         self.batch_flush_interval_millis()?;
@@ -348,5 +402,26 @@ mod tests {
         assert_eq!(c.num_workers().unwrap(), 4);
         c.set(keys::TOPOLOGY_DEBUG, 1);
         assert!(c.debug().is_err());
+    }
+
+    #[test]
+    fn millisecond_ticks_win_over_seconds() {
+        let mut c = Config::new();
+        assert_eq!(c.tick_interval().unwrap(), None);
+        c.set_tick_tuple_freq_secs(2);
+        assert_eq!(
+            c.tick_interval().unwrap(),
+            Some(std::time::Duration::from_secs(2))
+        );
+        c.set_tick_tuple_freq_ms(50);
+        assert_eq!(
+            c.tick_interval().unwrap(),
+            Some(std::time::Duration::from_millis(50))
+        );
+        c.set(keys::SQUALL_TICK_TUPLE_FREQ_MS, "fast");
+        assert_eq!(
+            c.validate().unwrap_err().key(),
+            keys::SQUALL_TICK_TUPLE_FREQ_MS
+        );
     }
 }

@@ -15,6 +15,7 @@
 //! | `OutputCollector`, `SpoutOutputCollector` | [`OutputCollector`], [`SpoutOutputCollector`] |
 //! | `CustomStreamGrouping` | [`CustomStreamGrouping`] |
 //! | `TopologyContext.registerGauge` (metrics v2) | `set_gauge` on the collectors ([`validate_gauge_name`]) |
+//! | `IWindowedBolt`, `BaseWindowedBolt.withWindow`, `TupleWindow` | [`windowing::WindowedBolt`], [`windowing::Windowed`], [`windowing::TupleWindow`] |
 //!
 //! Components are plain structs that implement a trait. The builder makes one instance
 //! per task, by cloning the one given to `set_spout` / `set_bolt`, or by calling the
@@ -35,6 +36,7 @@ mod ids;
 mod topology;
 mod tuple;
 mod value;
+pub mod windowing;
 
 pub use component::{
     BasicBolt, BasicOutputCollector, Bolt, BoxError, Emit, Emitter, OutputCollector,

@@ -246,6 +246,7 @@ impl TopologySpec {
                     key: e.key().to_owned(),
                     error: e.to_string(),
                 })?;
+            crate::windowing::check_component(id.as_str(), &c.conf, None)?;
             for (i, sub) in c.inputs.iter().enumerate() {
                 if c.inputs[..i].iter().any(|s| s.source == sub.source) {
                     return Err(TopologyError::DuplicateSubscription {
@@ -282,6 +283,7 @@ impl TopologySpec {
                 }
                 return Err(blame_topology(e));
             }
+            crate::windowing::check_component(id.as_str(), &c.conf, Some(&merged))?;
         }
         Ok(())
     }

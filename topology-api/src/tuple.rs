@@ -59,6 +59,11 @@ impl Anchors {
         Anchors(v)
     }
 
+    /// Membership from `(root, edge)` pairs whose roots are distinct (not checked).
+    pub fn from_distinct_pairs(pairs: impl IntoIterator<Item = (u64, u64)>) -> Self {
+        Anchors(pairs.into_iter().collect())
+    }
+
     /// Whether the tuple is tracked by no tree.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -17,6 +17,9 @@ use crate::routing::StreamRoute;
 use crate::stats::{ErrorLog, InputRows, LocalStats};
 use crate::transfer::Transfer;
 
+/// Above this many anchors an emit merges their roots in a hash map.
+const MANY_ANCHORS: usize = 16;
+
 /// A tracked spout tuple tree awaiting its acker verdict.
 pub(crate) struct Pending {
     pub msg_id: Value,
@@ -354,7 +357,7 @@ impl Emitter for RuntimeEmitter {
                 let edge = rng.u64(..);
                 init_val ^= edge;
                 Anchors::single(r, edge)
-            } else if anchored {
+            } else if anchored && emit.anchors.len() <= MANY_ANCHORS {
                 let mut child = Anchors::none();
                 for a in emit.anchors {
                     if a.anchors().is_empty() {
@@ -367,6 +370,22 @@ impl Emitter for RuntimeEmitter {
                     }
                 }
                 child
+            } else if anchored {
+                // Many anchors (a windowed bolt anchors to its whole window): merge the
+                // roots in a map, not by a linear search per root.
+                let mut merged: HashMap<u64, u64, RandomState> =
+                    HashMap::with_capacity_and_hasher(emit.anchors.len(), RandomState::default());
+                for a in emit.anchors {
+                    if a.anchors().is_empty() {
+                        continue;
+                    }
+                    let edge = rng.u64(..);
+                    a.xor_ack_val(edge);
+                    for &(r, _) in a.anchors().pairs() {
+                        *merged.entry(r).or_default() ^= edge;
+                    }
+                }
+                Anchors::from_distinct_pairs(merged)
             } else {
                 Anchors::none()
             };

@@ -306,11 +306,10 @@ fn setup_call(
     Err(cause)
 }
 
+/// The tick interval: `squall.tick.tuple.freq.ms` (sub-second ticks, used by windowed
+/// bolts) when set, else `topology.tick.tuple.freq.secs`.
 fn tick_every(conf: &Config) -> Option<Duration> {
-    conf.tick_tuple_freq_secs()
-        .ok()
-        .flatten()
-        .map(Duration::from_secs)
+    conf.tick_interval().ok().flatten()
 }
 
 /// The loop of a bolt executor.

@@ -390,7 +390,7 @@ impl TopologyRuntime {
                         Some((schema.index, c.to_string(), s.to_string()))
                     })
                 });
-                let ticks = comp_conf.tick_tuple_freq_secs().ok().flatten().is_some();
+                let ticks = comp_conf.tick_interval().ok().flatten().is_some();
                 InputRows::bolt(layout.streams().len(), subscribed, ticks)
             };
             let outputs: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
