@@ -493,6 +493,21 @@ fn bad_submissions_are_refused_and_change_nothing() {
     let err = block(client.submit(&request("orphan", &spec, &"a".repeat(64)))).unwrap_err();
     assert!(err.to_string().contains("has not been uploaded"), "{err}");
 
+    // A window longer than the message timeout (30 s by default), sent straight to
+    // Nimbus, past the client-side checks of `squall jar`.
+    let mut windowed = spec.clone();
+    let wconf = &mut windowed.components.get_mut("bolt").unwrap().conf;
+    wconf.set("topology.bolts.window.length.duration.ms", 40_000u64);
+    wconf.set("topology.bolts.sliding.interval.duration.ms", 1_000u64);
+    let err = block(client.submit(&request("windowed", &windowed, &sha))).unwrap_err();
+    assert_eq!(err.status(), Some(400));
+    let text = err.to_string();
+    assert!(
+        text.contains("invalid configuration for 'windowed'") && text.contains("'bolt'"),
+        "{text}"
+    );
+    assert!(text.contains("topology.message.timeout.secs"), "{text}");
+
     // A bad name.
     let err = block(client.submit(&request("a/b", &spec, &sha))).unwrap_err();
     assert!(err.to_string().contains("invalid topology name"), "{err}");

@@ -459,7 +459,11 @@ async fn submit_topology(n: &Nimbus, req: SubmitRequest) -> Reply {
         .validate()
         .map_err(|e| bad(format!("invalid topology '{}': {e}", req.name)))?;
     let mut conf = req.conf;
-    conf.validate()
+    // The configuration as every component will run with it (the component's own keys
+    // merged over the topology's), with the checks that span both: a window longer than
+    // the message timeout, an unknown state provider, ...
+    req.spec
+        .validate_with_conf(&conf)
         .map_err(|e| bad(format!("invalid configuration for '{}': {e}", req.name)))?;
     valid_sha(&req.binary_sha256)?;
     if !exists(&n.binary_path(&req.binary_sha256)) {
