@@ -15,6 +15,7 @@
 //! | `OutputCollector`, `SpoutOutputCollector` | [`OutputCollector`], [`SpoutOutputCollector`] |
 //! | `CustomStreamGrouping` | [`CustomStreamGrouping`] |
 //! | `TopologyContext.registerGauge` (metrics v2) | `set_gauge` on the collectors ([`validate_gauge_name`]) |
+//! | `IStatefulBolt`, `KeyValueState`, `CheckpointSpout` | [`state::StatefulBolt`], [`state::KeyValueState`], `TopologyBuilder::set_stateful_bolt` ([`state`]) |
 //!
 //! Components are plain structs that implement a trait. The builder makes one instance
 //! per task, by cloning the one given to `set_spout` / `set_bolt`, or by calling the
@@ -32,6 +33,7 @@ mod fields;
 mod gauge;
 mod grouping;
 mod ids;
+pub mod state;
 mod topology;
 mod tuple;
 mod value;
