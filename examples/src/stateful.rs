@@ -27,6 +27,10 @@ pub struct NumberedSentences {
     step: u64,
     replay: VecDeque<u64>,
     pacer: Option<Pacer>,
+    /// The id last emitted, and whether it was acked before the next `next_tuple`
+    /// (committed before a restart: it does not count against the rate).
+    last: Option<u64>,
+    free: bool,
 }
 
 impl NumberedSentences {
@@ -51,7 +55,8 @@ impl Spout for NumberedSentences {
     }
 
     fn next_tuple(&mut self, out: &mut SpoutOutputCollector<'_>) {
-        if self.pacer.as_mut().is_some_and(|p| !p.ready()) {
+        self.last = None;
+        if !std::mem::take(&mut self.free) && self.pacer.as_mut().is_some_and(|p| !p.ready()) {
             return;
         }
         let i = match self.replay.pop_front() {
@@ -62,7 +67,15 @@ impl Spout for NumberedSentences {
             }
             None => return,
         };
+        self.last = Some(i);
         out.emit_with_id(values![SENTENCES[(i % 5) as usize]], i as i64);
+    }
+
+    fn ack(&mut self, msg_id: Value) {
+        if let Value::Int(i) = msg_id {
+            self.free = self.last == Some(i as u64);
+        }
+        self.last = None;
     }
 
     fn fail(&mut self, msg_id: Value) {
