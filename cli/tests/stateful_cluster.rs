@@ -55,11 +55,12 @@ fn all_workers_up(c: &ChaosCluster, killed: &[u32]) -> bool {
     })
 }
 
-/// The last committed checkpoint, from the checkpoint spout's record in Redis.
+/// The last committed checkpoint, from the checkpoint spout's record in Redis (a state
+/// like any other: JSON field `"committed"`).
 fn committed(conn: &mut ::redis::Connection) -> u64 {
     ::redis::cmd("HGET")
         .arg(format!("{NAME}:$checkpointspout-1"))
-        .arg("committed")
+        .arg("\"committed\"")
         .query::<Option<u64>>(conn)
         .ok()
         .flatten()
@@ -85,6 +86,19 @@ fn redis_counts(conn: &mut ::redis::Connection) -> BTreeMap<String, u64> {
         }
     }
     counts
+}
+
+/// What Redis holds, for failure messages: every key, and the checkpoint spout's record.
+fn redis_dump(conn: &mut ::redis::Connection) -> String {
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*")
+        .query(conn)
+        .unwrap_or_default();
+    let record: BTreeMap<String, String> = ::redis::cmd("HGETALL")
+        .arg(format!("{NAME}:$checkpointspout-1"))
+        .query(conn)
+        .unwrap_or_default();
+    format!("Redis keys {keys:?}; checkpoint spout record {record:?}")
 }
 
 /// Words counted more often than the input has them (applied twice).
@@ -142,7 +156,8 @@ fn stateful_counts_exactly_once_through_worker_kills() {
     let t0 = Instant::now();
     assert!(
         wait_until(Duration::from_secs(90), || committed(&mut conn) >= 3),
-        "no checkpoint committed:\n{}",
+        "no checkpoint committed ({}):\n{}",
+        redis_dump(&mut conn),
         c.logs()
     );
     eprintln!(
