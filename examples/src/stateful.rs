@@ -174,6 +174,9 @@ pub struct StatefulWordCountOptions {
     pub split_fail_rate: f64,
     /// Probability that the count fails a word.
     pub count_fail_rate: f64,
+    /// Count in a plain bolt instead (no state, no checkpoints): the baseline of the
+    /// checkpointing benchmark.
+    pub stateless: bool,
 }
 
 /// `sentences → split → count` (fields grouping on `word`), the count stateful.
@@ -194,14 +197,19 @@ pub fn stateful_word_count(o: &StatefulWordCountOptions) -> Result<Topology, Top
         p,
     )
     .shuffle_grouping("sentences");
-    b.set_stateful_bolt(
-        "count",
-        StatefulWordCount {
-            fail_rate: o.count_fail_rate,
-        },
-        p,
-    )
-    .fields_grouping("split", ["word"]);
+    if o.stateless {
+        b.set_bolt_with("count", crate::WordCount::default, p)
+            .fields_grouping("split", ["word"]);
+    } else {
+        b.set_stateful_bolt(
+            "count",
+            StatefulWordCount {
+                fail_rate: o.count_fail_rate,
+            },
+            p,
+        )
+        .fields_grouping("split", ["word"]);
+    }
     b.create_topology()
 }
 

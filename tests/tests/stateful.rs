@@ -88,6 +88,7 @@ fn options(sentences: u64, split_fail: f64, count_fail: f64) -> StatefulWordCoun
         parallelism: 2,
         split_fail_rate: split_fail,
         count_fail_rate: count_fail,
+        stateless: false,
     }
 }
 

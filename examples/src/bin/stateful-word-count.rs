@@ -55,6 +55,9 @@ struct Args {
     /// Probability that the count fails a word (failure injection).
     #[arg(long, default_value_t = 0.0)]
     count_fail_rate: f64,
+    /// Count in a plain bolt, without state or checkpoints (the benchmark's baseline).
+    #[arg(long)]
+    stateless: bool,
     /// Print this many of the highest counts.
     #[arg(long, default_value_t = 10)]
     top: usize,
@@ -69,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         parallelism: args.parallelism,
         split_fail_rate: args.split_fail_rate,
         count_fail_rate: args.count_fail_rate,
+        stateless: args.stateless,
     })?;
     let mut conf = state_conf(args.redis.as_deref());
     conf.set(
@@ -97,6 +101,7 @@ fn main() -> anyhow::Result<()> {
     let tasks = layout.component_tasks("count").to_vec();
     let want = args.sentences.map(expected_counts);
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let start = Instant::now();
     let mut counts = committed_counts(&conf, name, tasks.iter().copied())?;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
@@ -105,7 +110,17 @@ fn main() -> anyhow::Result<()> {
             break;
         }
     }
-    cluster.kill_topology(name)?;
+    let secs = start.elapsed().as_secs_f64();
+    let stats = cluster.kill_topology(name)?;
+    let counted = stats.component("count").acked;
+    println!(
+        "throughput: {:.0} words/s through the count bolt ({counted} in {secs:.1} s{})",
+        counted as f64 / secs,
+        if args.stateless { ", no state" } else { "" }
+    );
+    if args.stateless {
+        return Ok(());
+    }
     let total: u64 = counts.values().sum();
     let mut top: Vec<(&String, &u64)> = counts.iter().collect();
     top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
