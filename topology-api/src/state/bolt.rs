@@ -501,3 +501,136 @@ impl<I: Inner> Bolt for CheckpointBolt<I> {
         self.inner.cleanup()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::component::{Emit, Emitter, Spout, SpoutOutputCollector};
+    use crate::topology::TaskLayout;
+    use crate::{values, Values};
+
+    #[derive(Clone)]
+    struct Src;
+    impl Spout for Src {
+        fn next_tuple(&mut self, _: &mut SpoutOutputCollector<'_>) {}
+        fn declare_output_fields(&self, d: &mut OutputFieldsDeclarer) {
+            d.declare(["x"]);
+        }
+    }
+
+    /// Records what it sees and acks.
+    #[derive(Clone)]
+    struct Rec(Arc<Mutex<Vec<i64>>>);
+    impl Bolt for Rec {
+        fn execute(&mut self, t: Tuple, out: &mut OutputCollector<'_>) {
+            self.0.lock().unwrap().push(t.get_long(0).unwrap());
+            out.ack(&t);
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Count;
+    impl StatefulBolt for Count {
+        type Key = String;
+        type Value = u64;
+        fn execute(
+            &mut self,
+            t: Tuple,
+            _: &mut KeyValueState<String, u64>,
+            out: &mut OutputCollector<'_>,
+        ) {
+            out.ack(&t)
+        }
+    }
+
+    #[derive(Default)]
+    struct Log(Vec<String>);
+    impl Emitter for Log {
+        fn emit(&mut self, e: Emit<'_>, _: Option<&mut Vec<TaskId>>) {
+            self.0
+                .push(format!("emit {} {:?}", e.stream, e.values.as_slice()));
+        }
+        fn ack(&mut self, t: &Tuple) {
+            self.0.push(format!("ack {:?}", t.values()));
+        }
+        fn fail(&mut self, t: &Tuple) {
+            self.0.push(format!("fail {:?}", t.values()));
+        }
+        fn report_error(&mut self, _: &dyn std::fmt::Display) {}
+    }
+
+    #[test]
+    fn alignment_buffers_blocked_lanes_and_rollbacks_drop_until_each_lane_caught_up() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut b = TopologyBuilder::new();
+        b.set_spout("s", Src, 2);
+        b.set_bolt("b", Rec(seen.clone()), 1).shuffle_grouping("s");
+        b.set_stateful_bolt("c", Count, 1).shuffle_grouping("s");
+        let topology = b.create_topology().unwrap();
+        let spec = Arc::new(topology.spec().clone());
+        let layout = Arc::new(TaskLayout::new(&spec, 1));
+        let task = layout.component_tasks("b")[0];
+        let [x, y] = [
+            layout.component_tasks("s")[0],
+            layout.component_tasks("s")[1],
+        ];
+        let ctx = TopologyContext::new("t".into(), spec, layout.clone(), task, Arc::from([]), None);
+        let schema = |stream: &str| Arc::new(layout.stream("s", stream).unwrap().clone());
+        let data = |from: TaskId, v: i64| Tuple::new(schema("default"), from, values![v]);
+        let barrier = |from: TaskId, txid: u64, action: Action, attempt: i64| {
+            let v: Values = Barrier {
+                txid,
+                action,
+                attempt,
+            }
+            .values();
+            Tuple::new(schema(CHECKPOINT_STREAM), from, v)
+        };
+        let mut bolt = forwarding(Box::new(Rec(seen.clone())));
+        bolt.prepare(&Config::new(), &ctx).unwrap();
+        let mut log = Log::default();
+        let run = |bolt: &mut CheckpointBolt<Plain>, log: &mut Log, t: Tuple| {
+            bolt.execute(t, &mut OutputCollector::new(log));
+        };
+
+        // Not initialized yet: a PREPARE is refused (failed) once aligned.
+        run(&mut bolt, &mut log, barrier(x, 1, Action::Prepare, 10));
+        run(&mut bolt, &mut log, barrier(y, 1, Action::Prepare, 10));
+        assert_eq!(log.0.iter().filter(|l| l.starts_with("fail")).count(), 2);
+        log.0.clear();
+
+        run(&mut bolt, &mut log, barrier(x, 0, Action::InitState, 11));
+        run(&mut bolt, &mut log, data(x, 1));
+        run(&mut bolt, &mut log, data(y, 2)); // y's INITSTATE not here yet: from before, dropped
+        run(&mut bolt, &mut log, barrier(y, 0, Action::InitState, 11));
+        run(&mut bolt, &mut log, data(y, 3));
+        assert_eq!(*seen.lock().unwrap(), vec![1, 3]);
+
+        // PREPARE from x: x's tuples wait until y's PREPARE.
+        run(&mut bolt, &mut log, barrier(x, 1, Action::Prepare, 12));
+        run(&mut bolt, &mut log, data(x, 4));
+        run(&mut bolt, &mut log, data(y, 5));
+        assert_eq!(*seen.lock().unwrap(), vec![1, 3, 5]);
+        run(&mut bolt, &mut log, barrier(y, 1, Action::Prepare, 12));
+        assert_eq!(*seen.lock().unwrap(), vec![1, 3, 5, 4]);
+        let forwarded: Vec<&String> = log.0.iter().filter(|l| l.starts_with("emit")).collect();
+        // Forwarded: the INITSTATE (once) and the PREPARE (once, after alignment).
+        assert_eq!(forwarded.len(), 2, "{:?}", log.0);
+        assert!(forwarded[0].contains("INITSTATE"), "{forwarded:?}");
+        assert!(forwarded[1].contains("PREPARE"), "{forwarded:?}");
+
+        // A rollback from y while x's PREPARE waits: x's waiting tuples are dropped,
+        // as is x's data until x's ROLLBACK; a stale PREPARE is acked and ignored.
+        run(&mut bolt, &mut log, barrier(x, 2, Action::Prepare, 13));
+        run(&mut bolt, &mut log, data(x, 6));
+        run(&mut bolt, &mut log, barrier(y, 1, Action::Rollback, 14));
+        run(&mut bolt, &mut log, data(x, 7));
+        run(&mut bolt, &mut log, barrier(x, 2, Action::Prepare, 13));
+        run(&mut bolt, &mut log, data(y, 8));
+        run(&mut bolt, &mut log, barrier(x, 1, Action::Rollback, 14));
+        run(&mut bolt, &mut log, data(x, 9));
+        assert_eq!(*seen.lock().unwrap(), vec![1, 3, 5, 4, 8, 9]);
+    }
+}
