@@ -12,6 +12,7 @@ use squall_api::{
     TopologyError, Tuple, Value,
 };
 
+pub mod stateful;
 pub mod trident;
 pub mod windows;
 

@@ -74,6 +74,25 @@ pub trait Spout: Send + 'static {
     fn component_configuration(&self) -> Config {
         Config::new()
     }
+
+    /// A tuple sent to this spout (only the runtime's checkpoint wrapper subscribes a
+    /// spout to a stream). Not part of the user API.
+    #[doc(hidden)]
+    fn receive_tuple(&mut self, input: Tuple, out: &mut SpoutOutputCollector<'_>) {
+        out.emitter_mut().ack(&input);
+    }
+
+    /// `ack` with a collector: what the runtime calls. Not part of the user API.
+    #[doc(hidden)]
+    fn ack_with_collector(&mut self, msg_id: Value, _out: &mut SpoutOutputCollector<'_>) {
+        self.ack(msg_id)
+    }
+
+    /// `fail` with a collector: what the runtime calls. Not part of the user API.
+    #[doc(hidden)]
+    fn fail_with_collector(&mut self, msg_id: Value, _out: &mut SpoutOutputCollector<'_>) {
+        self.fail(msg_id)
+    }
 }
 
 /// A processor of tuples (Storm's `IRichBolt`). Only `execute` is required.
@@ -499,6 +518,13 @@ impl<'a> SpoutOutputCollector<'a> {
     /// Number of this task's message ids not yet acked or failed.
     pub fn pending_count(&self) -> usize {
         self.emitter.pending_count()
+    }
+
+    /// The runtime's emitter (for the runtime's own spout wrappers). Not part of the
+    /// user API.
+    #[doc(hidden)]
+    pub fn emitter_mut(&mut self) -> &mut dyn Emitter {
+        &mut *self.emitter
     }
 
     /// Reports an error for this task.

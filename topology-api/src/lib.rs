@@ -16,6 +16,7 @@
 //! | `CustomStreamGrouping` | [`CustomStreamGrouping`] |
 //! | `TopologyContext.registerGauge` (metrics v2) | `set_gauge` on the collectors ([`validate_gauge_name`]) |
 //! | `IWindowedBolt`, `BaseWindowedBolt.withWindow`, `TupleWindow` | [`windowing::WindowedBolt`], [`windowing::Windowed`], [`windowing::TupleWindow`] |
+//! | `IStatefulBolt`, `KeyValueState`, `CheckpointSpout` | [`state::StatefulBolt`], [`state::KeyValueState`], `TopologyBuilder::set_stateful_bolt` ([`state`]) |
 //!
 //! Components are plain structs that implement a trait. The builder makes one instance
 //! per task, by cloning the one given to `set_spout` / `set_bolt`, or by calling the
@@ -33,6 +34,7 @@ mod fields;
 mod gauge;
 mod grouping;
 mod ids;
+pub mod state;
 mod topology;
 mod tuple;
 mod value;

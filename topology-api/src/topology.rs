@@ -236,7 +236,8 @@ impl TopologySpec {
             for stream in c.outputs.keys() {
                 check_id("stream", stream.as_str())?;
             }
-            if c.kind == ComponentKind::Spout && !c.inputs.is_empty() {
+            // A spout's only inputs are the checkpoint barriers of a stateful topology.
+            if c.kind == ComponentKind::Spout && !crate::state::spout_inputs_allowed(&c.inputs) {
                 return Err(TopologyError::SpoutWithInputs(id.to_string()));
             }
             c.conf
@@ -270,6 +271,7 @@ impl TopologySpec {
             error: e.to_string(),
         };
         conf.validate().map_err(blame_topology)?;
+        crate::state::validate_conf(self, conf)?;
         for (id, c) in &self.components {
             let mut merged = conf.clone();
             merged.merge(&c.conf);
@@ -494,7 +496,7 @@ pub(crate) type SpoutFactory = Box<dyn Fn() -> Box<dyn Spout> + Send>;
 pub(crate) type BoltFactory = Box<dyn Fn() -> Box<dyn Bolt> + Send>;
 pub(crate) type GroupingFactory = Box<dyn Fn() -> Box<dyn CustomStreamGrouping> + Send>;
 
-enum Factory {
+pub(crate) enum Factory {
     Spout(SpoutFactory),
     Bolt(BoltFactory),
 }
@@ -626,6 +628,8 @@ pub struct TopologyBuilder {
     factories: BTreeMap<ComponentId, Factory>,
     custom_groupings: BTreeMap<(ComponentId, GlobalStreamId), GroupingFactory>,
     errors: Vec<TopologyError>,
+    /// The stateful bolts (`set_stateful_bolt`): their topology gets checkpointing.
+    pub(crate) stateful: std::collections::BTreeSet<ComponentId>,
 }
 
 impl TopologyBuilder {
@@ -689,7 +693,7 @@ impl TopologyBuilder {
     }
 
     /// Adds a bolt whose outputs and component configuration are those of `template`.
-    fn add_bolt(
+    pub(crate) fn add_bolt(
         &mut self,
         id: &str,
         (declarer, conf): (OutputFieldsDeclarer, Config),
@@ -841,6 +845,10 @@ impl TopologyBuilder {
                     }
                 }
             }
+        }
+        if !self.stateful.is_empty() {
+            crate::state::wire(&mut self.spec, &mut self.factories, &self.stateful)?;
+            self.spec.validate()?;
         }
         Ok(Topology {
             spec: self.spec,

@@ -532,6 +532,23 @@ impl SpoutLoop {
                     match env.msg {
                         Msg::TreeAcked { root } => self.complete(root, true),
                         Msg::TreeFailed { root } => self.complete(root, false),
+                        // Checkpoint barriers of a stateful topology (its spout wrapper
+                        // subscribes to them).
+                        Msg::Tuple {
+                            stream,
+                            source,
+                            values,
+                            anchors,
+                        } if (env.task.0.wrapping_sub(self.core.first_task.0) as usize)
+                            < self.spouts.len()
+                            && (stream as usize) < self.core.schemas.len() =>
+                        {
+                            let index = env.task.0.wrapping_sub(self.core.first_task.0) as usize;
+                            let tuple = self.core.tuple(stream, source, values, anchors);
+                            self.call(index, "receive", |s, e| {
+                                s.receive_tuple(tuple, &mut SpoutOutputCollector::new(e))
+                            });
+                        }
                         other => {
                             if let Some(suppressed) = SPOUT_UNEXPECTED.allow() {
                                 tracing::warn!(
@@ -592,10 +609,14 @@ impl SpoutLoop {
             row.acked += 1;
             row.complete_us += us;
             row.complete_samples += 1;
-            self.call(p.task_index as usize, "ack", |s, _| s.ack(p.msg_id));
+            self.call(p.task_index as usize, "ack", |s, e| {
+                s.ack_with_collector(p.msg_id, &mut SpoutOutputCollector::new(e))
+            });
         } else {
             row.failed += 1;
-            self.call(p.task_index as usize, "fail", |s, _| s.fail(p.msg_id));
+            self.call(p.task_index as usize, "fail", |s, e| {
+                s.fail_with_collector(p.msg_id, &mut SpoutOutputCollector::new(e))
+            });
         }
     }
 
@@ -609,7 +630,9 @@ impl SpoutLoop {
             self.core.emitter.stats.outputs[*stream as usize].acked += 1;
         }
         for (index, _, msg_id) in acks {
-            self.call(index, "ack", |s, _| s.ack(msg_id));
+            self.call(index, "ack", |s, e| {
+                s.ack_with_collector(msg_id, &mut SpoutOutputCollector::new(e))
+            });
         }
     }
 
@@ -622,7 +645,9 @@ impl SpoutLoop {
             stats.outputs[p.stream as usize].timed_out += 1;
         }
         for (_, p) in expired {
-            self.call(p.task_index as usize, "fail", |s, _| s.fail(p.msg_id));
+            self.call(p.task_index as usize, "fail", |s, e| {
+                s.fail_with_collector(p.msg_id, &mut SpoutOutputCollector::new(e))
+            });
         }
     }
 

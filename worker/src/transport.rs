@@ -421,7 +421,8 @@ impl LocalRouter {
         }
         let task_ok = |t: TaskId| t.0 >= 1 && t.0 <= self.max_task;
         let fits = match (&env.msg, exec.role) {
-            (Msg::Tuple { stream, source, .. }, Role::Bolt) => {
+            // Spouts take tuples too: the checkpoint barriers of a stateful topology.
+            (Msg::Tuple { stream, source, .. }, Role::Bolt | Role::Spout) => {
                 if *stream >= self.num_streams {
                     return Err(format!(
                         "a tuple for task {task} names stream {stream}; the layout has {}",
@@ -2064,8 +2065,9 @@ mod tests {
                 false,
             ),
             (
-                "a tuple for a spout",
-                frame_of(6, &[with_tuple(6, 0, 1)]),
+                // (Spouts take tuples: the checkpoint barriers of stateful topologies.)
+                "a tuple for a spout on a stream the layout lacks",
+                frame_of(6, &[with_tuple(6, STREAMS as u32, 1)]),
                 false,
             ),
             (
