@@ -20,6 +20,12 @@ use crate::Resources;
 /// expected (see `Runtime::pump`).
 const LINGER: Duration = Duration::from_millis(5);
 
+/// How often the bolt's executor ticks it (`squall.tick.tuple.freq.ms`) to apply what
+/// the subprocess sent while no tuple arrives: an idle subprocess's acks and emits wait
+/// at most this long. Each tick costs a channel poll; 10 ms keeps an idle bolt's CPU
+/// negligible (see BENCHMARKS.md).
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
 /// A bolt run by a subprocess that speaks Storm's multilang protocol: components
 /// written with pystorm/streamparse or Storm's `storm.py` (or any other multilang
 /// library) run unchanged.
@@ -27,10 +33,12 @@ const LINGER: Duration = Duration::from_millis(5);
 /// Every task starts its own subprocess, in the directory of its [`Resources`] when it
 /// has some. Tuples go to the subprocess as they arrive (at most
 /// `topology.shellbolt.max.pending`, default 100, queued for its stdin; `execute`
-/// waits beyond that); its acks, fails and emits are applied when the next tuple
-/// arrives and at least every second (the bolt asks for a tick tuple every second for
-/// that and for heartbeats, so the topology's `topology.tick.tuple.freq.secs` does not
-/// apply to it: use [`tick_tuple_freq_secs`](Self::tick_tuple_freq_secs)).
+/// waits beyond that); its acks, fails and emits are applied as they come while a
+/// tuple waits for them, when the next tuple arrives, and otherwise within 10 ms (the
+/// bolt asks its executor for a tick every 10 ms, `squall.tick.tuple.freq.ms`, so the
+/// topology's `topology.tick.tuple.freq.secs` does not apply to it: the subprocess gets
+/// tick tuples only with [`tick_tuple_freq_secs`](Self::tick_tuple_freq_secs)).
+/// Heartbeats go to the subprocess every second whatever the ticks.
 ///
 /// A subprocess that exits, writes something that is not the protocol, or sends nothing
 /// for `topology.subprocess.timeout.secs` (it answers a heartbeat every second when
@@ -352,10 +360,10 @@ impl Bolt for ShellBolt {
         };
         rt.pump(out, false);
         if input.is_tick() {
-            // Our own once-a-second tick; forwarded as often as the user asked.
+            // Our own draining tick; forwarded as often as the user asked.
             if let Some(secs) = self.tick_secs {
                 let every = Duration::from_secs(secs.into());
-                if rt.last_tick.elapsed() + Duration::from_millis(100) >= every {
+                if rt.last_tick.elapsed() + DRAIN_EVERY / 2 >= every {
                     rt.last_tick = Instant::now();
                     let tick = Tuple::tick(rt.tick_schema.clone(), secs.into());
                     rt.send(tick, out);
@@ -381,7 +389,7 @@ impl Bolt for ShellBolt {
 
     fn component_configuration(&self) -> Config {
         let mut c = Config::new();
-        c.set_tick_tuple_freq_secs(1);
+        c.set_tick_tuple_freq_ms(DRAIN_EVERY.as_millis() as u64);
         c
     }
 }

@@ -157,3 +157,56 @@ fn pystorm_spout_gets_its_acks_and_fails() -> Result<(), BoxError> {
     assert!(run.errors().is_empty(), "{:?}", run.errors());
     Ok(())
 }
+
+/// An idle bolt applies its subprocess's late replies on its own 10 ms drain tick: a
+/// tuple whose reply comes 50 ms after it (beyond what `execute` waits for), with no
+/// other tuple behind it, completes in about that, not at the next tuple or second.
+#[test]
+fn replies_of_an_idle_subprocess_are_applied_quickly() {
+    let items: Vec<String> = (0..5).map(|i| format!("w{i}")).collect();
+    let sink = Collect::default();
+    let mut b = TopologyBuilder::new();
+    // One tuple a second: the bolt is idle when each reply comes.
+    b.set_spout("spout", Items::new(items.clone(), Some(1)), 1);
+    b.set_bolt(
+        "slow",
+        ShellBolt::new([python(), fixture("slow.py")])
+            .env("SLOW_MS", "50")
+            .output_fields(["word"]),
+        1,
+    )
+    .shuffle_grouping("spout");
+    b.set_bolt("sink", sink.clone(), 1).shuffle_grouping("slow");
+    let run = Running::start("idle", &conf(), &b.create_topology().unwrap());
+    assert!(
+        wait_until(30, || run
+            .cluster
+            .stats("idle")
+            .unwrap()
+            .component("spout")
+            .acked
+            == items.len() as u64),
+        "errors: {:?}",
+        run.errors()
+    );
+    let mut latency = None;
+    assert!(wait_until(5, || {
+        latency = run
+            .cluster
+            .stats("idle")
+            .unwrap()
+            .component("spout")
+            .complete_latency_ms;
+        latency.is_some()
+    }));
+    let max = latency.unwrap().max;
+    eprintln!("idle replies: complete latency max {max:.1} ms (each reply takes 50 ms)");
+    // Each reply takes 50 ms; with a once-a-second drain the slowest of five would
+    // almost surely wait far longer.
+    assert!(
+        max < 400.0,
+        "complete latency max {max:.1} ms: the replies waited"
+    );
+    assert_eq!(sink.seen(), items);
+    assert!(run.errors().is_empty(), "{:?}", run.errors());
+}

@@ -57,6 +57,7 @@ fn transcript_matches_storms_protocol() -> Result<(), BoxError> {
     let topology = b.create_topology()?;
     let mut c = conf();
     c.set("test.marker", "ü-conf");
+    let started = std::time::Instant::now();
     let run = Running::start("transcript", &c, &topology);
 
     assert!(
@@ -71,6 +72,17 @@ fn transcript_matches_storms_protocol() -> Result<(), BoxError> {
         let count = |s: &str| t.iter().filter(|(_, m)| m["stream"] == s).count();
         count("__heartbeat") >= 2 && count("__tick") >= 2
     }));
+    // The bolt drains its subprocess on a 10 ms tick of its own, but forwards ticks
+    // only as often as `tick_tuple_freq_secs` says: about one a second.
+    let ticks = transcript(&record)
+        .iter()
+        .filter(|(_, m)| m["stream"] == "__tick")
+        .count();
+    let secs = started.elapsed().as_secs_f64();
+    assert!(
+        ticks as f64 <= secs + 1.0,
+        "{ticks} ticks forwarded in {secs:.1} s, asked for one a second"
+    );
     let stats = run.cluster.stats("transcript")?;
     assert_eq!(stats.component("spout").acked, words.len() as u64);
     assert_eq!(stats.component("spout").failed, 0);

@@ -6,14 +6,18 @@
 //! submits it to a cluster as NAME: the Python script and its requirements travel in
 //! the binary. `--rate` paces the spout; the summary then shows the complete latency
 //! and how much CPU the Python processes used (the bench mode of BENCHMARKS.md).
+//! `--gauges` makes the counts observable on a cluster: the `report` bolt shows every
+//! word's latest count as the gauge `count.<word>` (the UI's component page, `/metrics`),
+//! beside the spout's `sentences.pending` / `sentences.replayed` and the count bolt's
+//! `words.distinct`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use squall_api::{Config, TopologyBuilder};
-use squall_examples::{ReportBolt, SentenceSpout, WordCount, WordCounts};
+use squall_api::{validate_gauge_name, Bolt, Config, OutputCollector, TopologyBuilder, Tuple};
+use squall_examples::{SentenceSpout, WordCount, WordCounts};
 use squall_multilang::{Resources, ShellBolt};
 use squall_worker::{LocalCluster, StormSubmitter};
 
@@ -47,6 +51,47 @@ struct Args {
     /// topology.max.spout.pending.
     #[arg(long, default_value_t = 1000)]
     max_pending: u32,
+    /// Set custom gauges, shown on the UI's component pages and in `/metrics`: the
+    /// report bolt's `count.<word>` (each word's latest count), the spout's
+    /// `sentences.pending` and `sentences.replayed`, the count bolt's `words.distinct`.
+    #[arg(long)]
+    gauges: bool,
+}
+
+/// Keeps the latest `(word, count)` of every word in `counts` (printed at the end in
+/// local mode) and, with `gauges`, shows it as the gauge `count.<word>`, which is how
+/// the counts are seen from outside on a cluster.
+#[derive(Clone)]
+struct Report {
+    counts: WordCounts,
+    gauges: bool,
+}
+
+impl Bolt for Report {
+    fn execute(&mut self, input: Tuple, out: &mut OutputCollector<'_>) {
+        let word = input.get_string_by_field("word");
+        let count = input.get_long_by_field("count");
+        match (word, count) {
+            (Ok(word), Ok(count)) => {
+                if self.gauges {
+                    let name = format!("count.{word}");
+                    // A word that cannot be a gauge name is counted all the same.
+                    if validate_gauge_name(&name).is_ok() {
+                        out.set_gauge(&name, count);
+                    }
+                }
+                self.counts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(word.to_owned(), count as u64);
+                out.ack(&input);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                out.report_error(&e);
+                out.fail(&input);
+            }
+        }
+    }
 }
 
 /// The split bolt: pystorm code and its requirements, compiled into this binary.
@@ -100,15 +145,19 @@ fn main() -> anyhow::Result<()> {
     let mut b = TopologyBuilder::new();
     let mut spout = SentenceSpout::new();
     spout.rate = args.rate;
+    spout.gauges = args.gauges;
     b.set_spout("spout", spout, 1);
     b.set_bolt("split", split_bolt(), args.splitters)
         .shuffle_grouping("spout");
-    b.set_bolt("count", WordCount::reporting_every(1), args.counters)
+    let mut count = WordCount::reporting_every(1);
+    count.gauges = args.gauges;
+    b.set_bolt("count", count, args.counters)
         .fields_grouping("split", ["word"]);
     b.set_bolt(
         "report",
-        ReportBolt {
+        Report {
             counts: counts.clone(),
+            gauges: args.gauges,
         },
         1,
     )
