@@ -214,7 +214,8 @@ pub fn stateful_word_count(o: &StatefulWordCountOptions) -> Result<Topology, Top
 }
 
 /// The configuration the example runs with: Redis when `redis` is a URL (memory
-/// otherwise), spouts that remember committed ids (`topology.state.spout.dedup`).
+/// otherwise), spouts that remember committed ids (`topology.state.spout.dedup`; the
+/// binary turns it off when the input has no end, as the set of ids would only grow).
 pub fn state_conf(redis: Option<&str>) -> Config {
     let mut conf = Config::new();
     if let Some(url) = redis {

@@ -75,6 +75,11 @@ fn main() -> anyhow::Result<()> {
         stateless: args.stateless,
     })?;
     let mut conf = state_conf(args.redis.as_deref());
+    if args.sentences.is_none() {
+        // Remembering every committed id is what makes a finite run exact through spout
+        // restarts; without end it would only grow (the spout restarts from 0 anyway).
+        conf.set(squall_api::state::keys::TOPOLOGY_STATE_SPOUT_DEDUP, false);
+    }
     conf.set(
         squall_api::state::keys::TOPOLOGY_STATE_CHECKPOINT_INTERVAL,
         args.checkpoint_interval_ms,
