@@ -431,8 +431,12 @@ impl<B: WindowedBolt> Windowed<B> {
         if let TimestampSource::Field(field) = &settings.timestamps {
             for (source, _) in ctx.this_sources() {
                 let (c, s) = (source.component.as_str(), source.stream.as_str());
+                if c.starts_with("__") || s.starts_with("__") || s.starts_with('$') {
+                    // System streams (ticks, checkpoint barriers) carry no event time.
+                    continue;
+                }
                 if let Some(fields) = ctx.component_output_fields(c, s) {
-                    if !fields.contains(field) && !c.starts_with("__") {
+                    if !fields.contains(field) {
                         return Err(format!(
                             "windowed bolt '{component}' takes event times from field '{field}', \
                              but its input stream {c}:{s} has fields {fields}"
@@ -591,6 +595,12 @@ impl<B: WindowedBolt> Windowed<B> {
         let Some(run) = self.run.as_mut() else {
             return;
         };
+        if self.persistent && run.anchor.is_none() {
+            // No input since the last checkpoint: a window firing now would have no
+            // live tuple to anchor its output to (a lost output would go unnoticed).
+            // The next input tuple's ticks fire it.
+            return;
+        }
         let mut sink = BoltSink {
             bolt: &mut self.bolt,
             out,
@@ -652,7 +662,11 @@ impl<B: WindowedBolt> Bolt for Windowed<B> {
         let input = if self.persistent {
             // The window keeps a detached copy (checkpointed with the state); the live
             // tuple anchors the window's output until the next one or the checkpoint.
-            let copy = Tuple::new(input.schema().clone(), input.source_task(), input.values().iter().cloned().collect());
+            let copy = Tuple::new(
+                input.schema().clone(),
+                input.source_task(),
+                input.values().iter().cloned().collect(),
+            );
             if let Some(previous) = run.anchor.replace(input) {
                 out.ack(&previous);
             }
@@ -706,7 +720,11 @@ impl<B: WindowedBolt> Bolt for Windowed<B> {
                 values.push(Value::List(input.values().to_vec()));
                 values.push(Value::Int(time));
                 values.push(Value::from(input.source_component()));
-                let anchor = if self.persistent { run.anchor.as_ref() } else { Some(&input) };
+                let anchor = if self.persistent {
+                    run.anchor.as_ref()
+                } else {
+                    Some(&input)
+                };
                 out.emit_stream(stream, &anchor.into_iter().collect::<Vec<_>>(), values);
             }
             if !self.persistent {

@@ -79,7 +79,8 @@ fn key(s: &str) -> Vec<u8> {
 }
 
 fn encode<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>, StateError> {
-    serde_json::to_vec(v).map_err(|e| StateError::new(format!("window {what} does not encode: {e}")))
+    serde_json::to_vec(v)
+        .map_err(|e| StateError::new(format!("window {what} does not encode: {e}")))
 }
 
 pub(crate) type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
@@ -170,7 +171,10 @@ impl<B: WindowedBolt> Windowed<B> {
         let mut pending: Vec<StoredTuple> = Vec::new();
         for (k, v) in entries {
             let k: String = serde_json::from_slice(&k).map_err(|e| {
-                bad(format!("key {} does not decode: {e}", String::from_utf8_lossy(&k)))
+                bad(format!(
+                    "key {} does not decode: {e}",
+                    String::from_utf8_lossy(&k)
+                ))
             })?;
             let decode_err =
                 |e: serde_json::Error| bad(format!("entry '{k}' does not decode: {e}"));
