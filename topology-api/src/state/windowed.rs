@@ -69,12 +69,14 @@ use crate::Bolt;
 /// watermark. A rollback or a restart brings both back to the last commit and the
 /// spouts replay what came after, so every tuple lands in exactly the windows it
 /// belongs to, once, and the state holds each window's effect once. Windows that fired
-/// after the last commit fire again after a rollback, with the same tuples: downstream,
-/// window results may repeat, never differ (key them by the window's end).
+/// after the last commit fire again after a rollback: a stateful bolt downstream keeps
+/// one result per window (the committed one); a plain bolt may see a window twice, the
+/// first time possibly without tuples that were still to be replayed.
 ///
 /// Window output is anchored to the latest input tuple of the current checkpoint
 /// epoch (not to the window's tuples, which the wrapper acks as soon as they are
-/// stored), so a failure downstream fails the checkpoint and rolls back. Windows give
+/// stored), so a failure downstream fails the checkpoint and rolls back; with no input
+/// since the last checkpoint, ticks fire no window until a tuple arrives. Windows give
 /// exact results across failures in event time, when no tuple is late; processing-time
 /// windows are restored but replayed tuples get the replay's arrival time.
 pub trait StatefulWindowedBolt: Send + 'static {
