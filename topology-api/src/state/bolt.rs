@@ -118,6 +118,9 @@ pub(crate) trait Inner: Send + 'static {
     fn prepare_state(&mut self, txid: u64) -> Result<(), StateError>;
     fn commit_state(&mut self, txid: u64) -> Result<(), StateError>;
     fn rollback_state(&mut self) -> Result<(), StateError>;
+    /// Acks (or drops) what it holds of the current epoch: called when a `PREPARE` is
+    /// aligned, before `prepare_state`, and at a rollback, before `rollback_state`.
+    fn release(&mut self, _out: &mut OutputCollector<'_>) {}
     fn cleanup(&mut self);
 }
 
@@ -219,6 +222,7 @@ enum Lane {
 
 /// Barrier alignment around a bolt (see ARCHITECTURE.md, "Stateful bolts").
 pub(crate) struct CheckpointBolt<I: Inner> {
+    /// The bolt inside.
     inner: I,
     /// Input task → its lane index.
     lanes_of: HashMap<TaskId, usize>,
@@ -340,6 +344,7 @@ impl<I: Inner> CheckpointBolt<I> {
             action: Action::Prepare,
             attempt,
         };
+        self.inner.release(out);
         let result = if self.initialized {
             self.inner.prepare_state(txid)
         } else {
@@ -420,6 +425,7 @@ impl<I: Inner> CheckpointBolt<I> {
         for t in std::mem::take(&mut self.buffer) {
             out.ack(&t);
         }
+        self.inner.release(out);
         match self.inner.rollback_state() {
             Ok(()) => self.initialized = true,
             Err(e) => {

@@ -46,6 +46,7 @@ mod provider;
 #[cfg(feature = "redis")]
 mod redis;
 mod spout;
+mod windowed;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -53,6 +54,7 @@ pub use bolt::StatefulBolt;
 pub use kv::KeyValueState;
 pub use provider::{RedisConfig, StateProvider};
 pub use spout::CheckpointSpout;
+pub use windowed::{StatefulWindowed, StatefulWindowedBolt, WithState};
 
 use crate::component::StreamDecl;
 use crate::config::Config;

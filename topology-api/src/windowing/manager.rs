@@ -42,22 +42,22 @@ pub(crate) trait Sink<T> {
 
 /// The window manager of one task.
 pub(crate) struct WindowManager<T> {
-    length: Span,
-    slide: Span,
+    pub(super) length: Span,
+    pub(super) slide: Span,
     /// Final tuples not yet evicted, by index; `times[i]` is `queue[i]`'s time.
-    queue: VecDeque<T>,
-    times: VecDeque<i64>,
+    pub(super) queue: VecDeque<T>,
+    pub(super) times: VecDeque<i64>,
     /// Index of `queue[0]` (the next index when empty).
-    front: u64,
+    pub(super) front: u64,
     /// Index of the last final tuple.
-    last: u64,
+    pub(super) last: u64,
     /// Index of the previous trigger (for the window's new tuples).
-    prev_p: u64,
+    pub(super) prev_p: u64,
     /// The next duration trigger's reference time; `None` until known.
-    next_end: Option<i64>,
+    pub(super) next_end: Option<i64>,
     /// Alignment of duration triggers.
-    origin: i64,
-    expired: Vec<T>,
+    pub(super) origin: i64,
+    pub(super) expired: Vec<T>,
 }
 
 impl<T> WindowManager<T> {

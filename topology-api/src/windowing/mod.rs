@@ -78,6 +78,7 @@
 //! `topology.bolts.watermark.event.interval.ms`, `topology.bolts.late.tuple.stream`).
 
 mod manager;
+pub(crate) mod persist;
 mod settings;
 mod watermark;
 
@@ -125,6 +126,12 @@ pub trait WindowedBolt: Send + 'static {
     /// it.
     fn component_configuration(&self) -> Config {
         Config::new()
+    }
+
+    /// Whether the bolt only works with persistent windows (a stateful windowed bolt).
+    #[doc(hidden)]
+    fn needs_persistence(&self) -> bool {
+        false
     }
 }
 
@@ -188,6 +195,9 @@ pub struct Windowed<B> {
     extractor: Option<TimestampExtractor>,
     clock: Clock,
     run: Option<Running>,
+    /// Persistent windows (a stateful windowed bolt): the window holds detached copies
+    /// of its tuples, checkpointed with the state; see [`persist`].
+    pub(crate) persistent: bool,
 }
 
 impl<B: Clone> Clone for Windowed<B> {
@@ -199,6 +209,7 @@ impl<B: Clone> Clone for Windowed<B> {
             extractor: self.extractor.clone(),
             clock: self.clock.clone(),
             run: None,
+            persistent: self.persistent,
         }
     }
 }
@@ -233,6 +244,7 @@ impl<B: WindowedBolt> Windowed<B> {
             extractor: None,
             clock: Arc::new(system_clock),
             run: None,
+            persistent: false,
         }
     }
 
@@ -348,6 +360,10 @@ impl<B: WindowedBolt> Windowed<B> {
         &self.bolt
     }
 
+    pub(crate) fn bolt_mut(&mut self) -> &mut B {
+        &mut self.bolt
+    }
+
     /// This task's watermark (event time), once it has one.
     pub fn watermark(&self) -> Option<i64> {
         self.run
@@ -366,7 +382,7 @@ impl<B: WindowedBolt> Windowed<B> {
 }
 
 /// The state of a running task.
-struct Running {
+pub(crate) struct Running {
     component: String,
     settings: Settings,
     manager: WindowManager<Tuple>,
@@ -376,6 +392,9 @@ struct Running {
     pending: Vec<(i64, u64, Tuple)>,
     seq: u64,
     late: u64,
+    /// Persistent windows: the latest input tuple of the current checkpoint epoch,
+    /// not acked yet, that window output is anchored to.
+    anchor: Option<Tuple>,
 }
 
 /// The tasks whose tuples the watermark waits for.
@@ -394,6 +413,13 @@ fn input_tasks(ctx: &TopologyContext) -> Vec<TaskId> {
 impl<B: WindowedBolt> Windowed<B> {
     fn start(&mut self, conf: &Config, ctx: &TopologyContext) -> Result<(), BoxError> {
         let component = ctx.this_component_id().to_string();
+        if self.bolt.needs_persistence() && !self.persistent {
+            return Err(format!(
+                "bolt '{component}' is a stateful windowed bolt: add it with \
+                 TopologyBuilder::set_stateful_windowed_bolt"
+            )
+            .into());
+        }
         let settings = Settings::from_conf(&component, conf)?;
         if settings.timestamps == TimestampSource::Extractor && self.extractor.is_none() {
             return Err(format!(
@@ -405,8 +431,12 @@ impl<B: WindowedBolt> Windowed<B> {
         if let TimestampSource::Field(field) = &settings.timestamps {
             for (source, _) in ctx.this_sources() {
                 let (c, s) = (source.component.as_str(), source.stream.as_str());
+                if c.starts_with("__") || s.starts_with("__") || s.starts_with('$') {
+                    // System streams (ticks, checkpoint barriers) carry no event time.
+                    continue;
+                }
                 if let Some(fields) = ctx.component_output_fields(c, s) {
-                    if !fields.contains(field) && !c.starts_with("__") {
+                    if !fields.contains(field) {
                         return Err(format!(
                             "windowed bolt '{component}' takes event times from field '{field}', \
                              but its input stream {c}:{s} has fields {fields}"
@@ -437,6 +467,7 @@ impl<B: WindowedBolt> Windowed<B> {
             pending: Vec::new(),
             seq: 0,
             late: 0,
+            anchor: None,
         });
         Ok(())
     }
@@ -447,11 +478,16 @@ struct BoltSink<'s, 'o, B> {
     bolt: &'s mut B,
     out: &'s mut OutputCollector<'o>,
     component: &'s str,
+    /// Persistent windows: window tuples are detached copies (nothing to ack), and
+    /// output is anchored to this live tuple of the current epoch, if any.
+    persistent: Option<Option<&'s Tuple>>,
 }
 
 impl<B: WindowedBolt> Sink<Tuple> for BoltSink<'_, '_, B> {
     fn evicted(&mut self, item: &Tuple) {
-        self.out.ack(item);
+        if self.persistent.is_none() {
+            self.out.ack(item);
+        }
     }
 
     fn fire(&mut self, w: Activation<'_, Tuple>) {
@@ -462,10 +498,14 @@ impl<B: WindowedBolt> Sink<Tuple> for BoltSink<'_, '_, B> {
             start: w.start,
             end: w.end,
         };
-        let anchors: Vec<&Tuple> = w.tuples.iter().collect();
+        let anchors: Vec<&Tuple> = match self.persistent {
+            None => w.tuples.iter().collect(),
+            Some(live) => live.into_iter().collect(),
+        };
         let mut emitter = WindowEmitter {
             out: &mut *self.out,
             anchors: &anchors,
+            fixed: self.persistent.is_some(),
         };
         let bolt = &mut *self.bolt;
         let result = catch_unwind(AssertUnwindSafe(|| {
@@ -487,6 +527,9 @@ impl<B: WindowedBolt> Sink<Tuple> for BoltSink<'_, '_, B> {
             for t in w.tuples {
                 self.out.fail(t);
             }
+            if let Some(Some(live)) = self.persistent {
+                self.out.fail(live);
+            }
         }
     }
 }
@@ -496,11 +539,13 @@ impl<B: WindowedBolt> Sink<Tuple> for BoltSink<'_, '_, B> {
 struct WindowEmitter<'c, 'o, 'w> {
     out: &'c mut OutputCollector<'o>,
     anchors: &'w [&'w Tuple],
+    /// Persistent windows: always `anchors` (the bolt's own anchors are detached).
+    fixed: bool,
 }
 
 impl Emitter for WindowEmitter<'_, '_, '_> {
     fn emit(&mut self, emit: Emit<'_>, task_ids: Option<&mut Vec<TaskId>>) {
-        let anchors = if emit.anchors.is_empty() {
+        let anchors = if emit.anchors.is_empty() || self.fixed {
             self.anchors
         } else {
             emit.anchors
@@ -524,7 +569,15 @@ impl Emitter for WindowEmitter<'_, '_, '_> {
     fn ack(&mut self, _input: &Tuple) {}
 
     fn fail(&mut self, input: &Tuple) {
-        self.out.fail(input)
+        if self.fixed {
+            // A window tuple is a detached copy: fail the epoch's live tuple instead,
+            // which rolls the topology back.
+            if let Some(live) = self.anchors.first() {
+                self.out.fail(live);
+            }
+        } else {
+            self.out.fail(input)
+        }
     }
 
     fn report_error(&mut self, error: &dyn std::fmt::Display) {
@@ -542,10 +595,17 @@ impl<B: WindowedBolt> Windowed<B> {
         let Some(run) = self.run.as_mut() else {
             return;
         };
+        if self.persistent && run.anchor.is_none() {
+            // No input since the last checkpoint: a window firing now would have no
+            // live tuple to anchor its output to (a lost output would go unnoticed).
+            // The next input tuple's ticks fire it.
+            return;
+        }
         let mut sink = BoltSink {
             bolt: &mut self.bolt,
             out,
             component: &run.component,
+            persistent: self.persistent.then_some(run.anchor.as_ref()),
         };
         match run.watermark.as_mut() {
             None => run.manager.advance(now.saturating_sub(1), &mut sink),
@@ -594,11 +654,27 @@ impl<B: WindowedBolt> Bolt for Windowed<B> {
             self.on_tick(out);
             return;
         }
-        let Some(run) = self.run.as_ref() else {
+        let Some(run) = self.run.as_mut() else {
             out.report_error(&"windowed bolt got a tuple before prepare; failing it");
             out.fail(&input);
             return;
         };
+        let input = if self.persistent {
+            // The window keeps a detached copy (checkpointed with the state); the live
+            // tuple anchors the window's output until the next one or the checkpoint.
+            let copy = Tuple::new(
+                input.schema().clone(),
+                input.source_task(),
+                input.values().iter().cloned().collect(),
+            );
+            if let Some(previous) = run.anchor.replace(input) {
+                out.ack(&previous);
+            }
+            copy
+        } else {
+            input
+        };
+        let run = self.run.as_ref().expect("checked above");
         if !run.settings.event_time() {
             let now = (self.clock)();
             let run = self.run.as_mut().expect("checked above");
@@ -606,6 +682,7 @@ impl<B: WindowedBolt> Bolt for Windowed<B> {
                 bolt: &mut self.bolt,
                 out,
                 component: &run.component,
+                persistent: self.persistent.then_some(run.anchor.as_ref()),
             };
             run.manager.advance(now.saturating_sub(1), &mut sink);
             run.manager.push(input, now, Some(now), &mut sink);
@@ -617,6 +694,14 @@ impl<B: WindowedBolt> Bolt for Windowed<B> {
         };
         let time = match self.event_time(&input, field.as_deref()) {
             Ok(t) => t,
+            Err(e) if self.persistent => {
+                // Failing would roll back and replay it forever: leave it out.
+                out.report_error(&format!(
+                    "windowed bolt '{}' cannot read the event time of {input}: {e}; dropping it",
+                    run.component
+                ));
+                return;
+            }
             Err(e) => {
                 out.report_error(&format!(
                     "windowed bolt '{}' cannot read the event time of {input}: {e}; failing it",
@@ -635,9 +720,16 @@ impl<B: WindowedBolt> Bolt for Windowed<B> {
                 values.push(Value::List(input.values().to_vec()));
                 values.push(Value::Int(time));
                 values.push(Value::from(input.source_component()));
-                out.emit_stream(stream, &[&input], values);
+                let anchor = if self.persistent {
+                    run.anchor.as_ref()
+                } else {
+                    Some(&input)
+                };
+                out.emit_stream(stream, &anchor.into_iter().collect::<Vec<_>>(), values);
             }
-            out.ack(&input);
+            if !self.persistent {
+                out.ack(&input);
+            }
             return;
         }
         run.seq += 1;

@@ -13,10 +13,10 @@ use crate::ids::TaskId;
 pub(crate) struct WatermarkTracker {
     /// The input tasks the watermark waits for.
     inputs: Vec<TaskId>,
-    latest: BTreeMap<TaskId, i64>,
+    pub(super) latest: BTreeMap<TaskId, i64>,
     lag_ms: i64,
     interval_ms: i64,
-    watermark: Option<i64>,
+    pub(super) watermark: Option<i64>,
     next_at: Option<i64>,
 }
 
