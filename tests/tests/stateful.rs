@@ -128,7 +128,13 @@ fn memory_state_is_exact_through_random_failures() {
 #[test]
 fn redis_state_is_exact_through_failures_and_a_frozen_redis() {
     let server = RedisServer::start();
-    let topology = stateful_word_count(&options(6000, 0.0003, 0.00003)).unwrap();
+    // 500 sentences/s per spout task: the input lasts about 6 s, past both freezes
+    // (at 1 500/s a quick run was complete before the second one).
+    let topology = stateful_word_count(&StatefulWordCountOptions {
+        rate: Some(500),
+        ..options(6000, 0.0003, 0.00003)
+    })
+    .unwrap();
     let mut conf = state_conf(Some(&server.url()));
     conf.set(
         keys::TOPOLOGY_STATE_PROVIDER_CONFIG,
