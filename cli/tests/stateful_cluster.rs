@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::chaos::ChaosCluster;
-use common::{block, example, signal, stdout, wait_until};
+use common::{example, signal, stdout, wait_until};
 use squall_examples::trident::expected_counts;
 
 /// The topology's name (and so the prefix of its Redis keys).
@@ -32,28 +32,6 @@ const MESSAGE_TIMEOUT_SECS: u64 = 6;
 const RECOVERY: Duration = Duration::from_secs(90);
 /// How long the counts may take to be complete after the last kill.
 const CONVERGE: Duration = Duration::from_secs(120);
-
-/// Where the executors of `NAME` run: component → slot ports.
-fn placement(c: &ChaosCluster) -> Option<BTreeMap<String, BTreeSet<u16>>> {
-    let page = block(c.client().page(NAME)).ok()?;
-    let mut m: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
-    for e in page.executors {
-        m.entry(e.component).or_default().insert(e.port);
-    }
-    Some(m)
-}
-
-/// Every slot the topology is assigned has a live worker, none of them in `killed`.
-fn all_workers_up(c: &ChaosCluster, killed: &[u32]) -> bool {
-    let Some(ports) = placement(c) else {
-        return false;
-    };
-    let slots: BTreeSet<u16> = ports.values().flatten().copied().collect();
-    slots.into_iter().all(|port| {
-        c.worker_at(port)
-            .is_some_and(|(_, pid)| !killed.contains(&pid))
-    })
-}
 
 /// The last committed checkpoint, from the checkpoint spout's record in Redis (a state
 /// like any other: JSON field `"committed"`).
@@ -164,7 +142,7 @@ fn stateful_counts_exactly_once_through_worker_kills() {
         "stateful: 3 checkpoints committed {:.1} s after the submission",
         t0.elapsed().as_secs_f64()
     );
-    let where_ = placement(&c).expect("placement");
+    let where_ = c.placement(NAME).expect("placement");
     eprintln!("stateful: placement {where_:?}");
 
     let mut kills = 0;
@@ -172,7 +150,7 @@ fn stateful_counts_exactly_once_through_worker_kills() {
     let mut counted_at_last_kill = 0;
     for target in [Target::Count, Target::Spout, Target::All] {
         std::thread::sleep(Duration::from_millis(fastrand::u64(500..2500)));
-        let ports = placement(&c).expect("placement");
+        let ports = c.placement(NAME).expect("placement");
         let all: BTreeSet<u16> = ports.values().flatten().copied().collect();
         let victims: Vec<u16> = match target {
             Target::Count => vec![*ports["count"].iter().next().expect("count runs")],
@@ -201,7 +179,7 @@ fn stateful_counts_exactly_once_through_worker_kills() {
         kills += pids.len();
         last_killed = victims.clone();
         assert!(
-            wait_until(RECOVERY, || all_workers_up(&c, &pids)),
+            wait_until(RECOVERY, || c.all_workers_up(NAME, &pids)),
             "the workers killed by {target:?} (ports {victims:?}) were not replaced:\n{}",
             c.logs()
         );

@@ -85,29 +85,6 @@ fn start_drpc(dir: &Path) -> DrpcDaemon {
     DrpcDaemon { child, port }
 }
 
-/// Where the executors of `NAME` run: component → slot ports (from Nimbus's page of the
-/// topology, which reads the assignment).
-fn placement(c: &ChaosCluster) -> Option<BTreeMap<String, BTreeSet<u16>>> {
-    let page = block(c.client().page(NAME)).ok()?;
-    let mut m: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
-    for e in page.executors {
-        m.entry(e.component).or_default().insert(e.port);
-    }
-    Some(m)
-}
-
-/// Every slot the topology is assigned has a live worker, none of them in `killed`.
-fn all_workers_up(c: &ChaosCluster, killed: &[u32]) -> bool {
-    let Some(ports) = placement(c) else {
-        return false;
-    };
-    let slots: BTreeSet<u16> = ports.values().flatten().copied().collect();
-    slots.into_iter().all(|port| {
-        c.worker_at(port)
-            .is_some_and(|(_, pid)| !killed.contains(&pid))
-    })
-}
-
 /// The bolt holding the counts: the one the spout's stage sends its words to.
 fn state_component(c: &ChaosCluster) -> String {
     let page = block(c.client().page(NAME)).expect("the topology's page");
@@ -336,7 +313,7 @@ fn trident_counts_exactly_once_through_worker_kills() {
         t0.elapsed().as_secs_f64()
     );
     let state = state_component(&c);
-    let where_ = placement(&c).expect("placement");
+    let where_ = c.placement(NAME).expect("placement");
     eprintln!("trident: placement {where_:?}");
     assert_eq!(
         where_.values().flatten().collect::<BTreeSet<_>>().len(),
@@ -369,7 +346,7 @@ fn trident_counts_exactly_once_through_worker_kills() {
     for target in (0..rounds).flat_map(|_| round) {
         // Let it run a little, so that kills land in every phase of a batch.
         std::thread::sleep(Duration::from_millis(rng.u64(0..2000)));
-        let ports = placement(&c).expect("placement");
+        let ports = c.placement(NAME).expect("placement");
         let coord = *ports[COORDINATOR]
             .iter()
             .next()
@@ -413,7 +390,7 @@ fn trident_counts_exactly_once_through_worker_kills() {
         // their executors: a supervisor backs off from restarting a worker that keeps
         // dying young), and batches commit again.
         assert!(
-            wait_until(RECOVERY, || all_workers_up(&c, &pids)),
+            wait_until(RECOVERY, || c.all_workers_up(NAME, &pids)),
             "the workers killed by {target:?} (ports {victims:?}) were not replaced:\n{}",
             c.logs()
         );

@@ -297,6 +297,30 @@ impl ChaosCluster {
         super::worker_pids(&self.daemons[sup].local.join("workers"))
     }
 
+    /// Where the executors of topology `name` run: component → slot ports (from
+    /// Nimbus's page of the topology, which reads the assignment).
+    pub fn placement(&self, name: &str) -> Option<BTreeMap<String, BTreeSet<u16>>> {
+        let page = block(self.client().page(name)).ok()?;
+        let mut m: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
+        for e in page.executors {
+            m.entry(e.component).or_default().insert(e.port);
+        }
+        Some(m)
+    }
+
+    /// Every slot topology `name` is assigned has a live worker, none of them in
+    /// `killed`.
+    pub fn all_workers_up(&self, name: &str, killed: &[u32]) -> bool {
+        let Some(ports) = self.placement(name) else {
+            return false;
+        };
+        let slots: BTreeSet<u16> = ports.values().flatten().copied().collect();
+        slots.into_iter().all(|port| {
+            self.worker_at(port)
+                .is_some_and(|(_, pid)| !killed.contains(&pid))
+        })
+    }
+
     /// The live worker on slot `port` (of any supervisor): its supervisor and pid,
     /// from the heartbeat file in its `workers/<topology-id>-<port>` directory.
     pub fn worker_at(&self, port: u16) -> Option<(String, u32)> {
