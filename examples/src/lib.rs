@@ -104,7 +104,7 @@ impl Spout for SentenceSpout {
         if let Some((id, idx)) = self.replay.pop_front() {
             self.pending.insert(id, idx);
             self.replayed += 1;
-            out.emit_with_id(values![SENTENCES[idx]], id);
+            out.emit_with_id(values![Value::from_static(SENTENCES[idx])], id);
             return;
         }
         let idx = self.next;
@@ -112,9 +112,9 @@ impl Spout for SentenceSpout {
         if self.reliable {
             self.seq += 1;
             self.pending.insert(self.seq, idx);
-            out.emit_with_id(values![SENTENCES[idx]], self.seq);
+            out.emit_with_id(values![Value::from_static(SENTENCES[idx])], self.seq);
         } else {
-            out.emit(values![SENTENCES[idx]]);
+            out.emit(values![Value::from_static(SENTENCES[idx])]);
         }
     }
 

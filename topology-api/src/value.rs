@@ -48,6 +48,19 @@ impl Value {
         }
     }
 
+    /// A string value that borrows a `'static` string instead of copying it: emitting
+    /// a constant (a fixed sentence, a status word) costs no allocation, however long
+    /// it is, and neither does cloning the value for several receivers.
+    ///
+    /// ```
+    /// use squall_api::Value;
+    /// const GREETING: &str = "a sentence longer than twenty-four bytes";
+    /// assert_eq!(Value::from_static(GREETING), Value::from(GREETING));
+    /// ```
+    pub const fn from_static(s: &'static str) -> Self {
+        Value::Str(CompactString::const_new(s))
+    }
+
     /// The string, if this is a string.
     pub fn as_str(&self) -> Option<&str> {
         match self {

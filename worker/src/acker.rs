@@ -59,38 +59,38 @@ impl AckerState {
 
     /// The spout emitted tree `root` with edges XORing to `val`.
     pub fn init(&mut self, root: u64, val: u64, spout_task: TaskId) -> Option<AckerOutcome> {
-        let e = self.pending.get_or_insert_with(root, Entry::default);
-        e.val ^= val;
-        e.spout_task = Some(spout_task);
-        self.check(root)
+        self.apply(root, |e| {
+            e.val ^= val;
+            e.spout_task = Some(spout_task);
+        })
     }
 
     /// A tuple of tree `root` was acked.
     pub fn ack(&mut self, root: u64, val: u64) -> Option<AckerOutcome> {
-        let e = self.pending.get_or_insert_with(root, Entry::default);
-        e.val ^= val;
-        self.check(root)
+        self.apply(root, |e| e.val ^= val)
     }
 
     /// A tuple of tree `root` failed.
     pub fn fail(&mut self, root: u64) -> Option<AckerOutcome> {
-        let e = self.pending.get_or_insert_with(root, Entry::default);
-        e.failed = true;
-        self.check(root)
+        self.apply(root, |e| e.failed = true)
     }
 
-    fn check(&mut self, root: u64) -> Option<AckerOutcome> {
-        let e = self.pending.get_mut(&root)?;
-        let spout_task = e.spout_task?;
-        let outcome = if e.failed {
-            AckerOutcome::Fail { root, spout_task }
-        } else if e.val == 0 {
-            AckerOutcome::Ack { root, spout_task }
-        } else {
-            return None;
-        };
-        self.pending.remove(&root);
-        Some(outcome)
+    /// Applies a message to tree `root` and reports (and forgets) the tree once its
+    /// verdict is known: one hash probe for a tree of the newest generation.
+    fn apply(&mut self, root: u64, change: impl FnOnce(&mut Entry)) -> Option<AckerOutcome> {
+        self.pending.update(root, Entry::default, |e| {
+            change(e);
+            let Some(spout_task) = e.spout_task else {
+                return (false, None);
+            };
+            if e.failed {
+                (true, Some(AckerOutcome::Fail { root, spout_task }))
+            } else if e.val == 0 {
+                (true, Some(AckerOutcome::Ack { root, spout_task }))
+            } else {
+                (false, None)
+            }
+        })
     }
 
     /// Drops trees older than the retention window; returns how many.

@@ -433,13 +433,7 @@ impl Emitter for RuntimeEmitter {
         let ack_val = input.ack_val();
         for &(root, edge) in input.anchors().pairs() {
             let acker = self.acker_for(root);
-            self.send(
-                acker,
-                Msg::Ack {
-                    root,
-                    val: edge ^ ack_val,
-                },
-            );
+            self.transfer.push_ack(acker, root, edge ^ ack_val);
         }
     }
 

@@ -19,6 +19,7 @@ use crate::emitter::RuntimeEmitter;
 use crate::message::{Msg, Packet};
 use crate::ratelimit::LogLimiter;
 use crate::stats::{new_histogram, ExecutorStats};
+use crate::transfer::BatchPool;
 
 /// Per-tuple warnings, one line per kind per few seconds for the whole process.
 static BOLT_UNEXPECTED: LogLimiter = LogLimiter::per_tuple_warnings();
@@ -123,6 +124,8 @@ impl ExecutorHealth {
 pub(crate) struct ExecutorCore {
     pub first_task: TaskId,
     pub rx: Receiver<Packet>,
+    /// Where emptied batches of `rx` go back to their senders.
+    pub pool: BatchPool,
     pub emitter: RuntimeEmitter,
     /// This executor's own copy of every stream schema (own reference counts, so the
     /// tuple path touches no cache line shared with other executors).
@@ -144,6 +147,7 @@ impl ExecutorCore {
     pub fn new(
         first_task: TaskId,
         rx: Receiver<Packet>,
+        pool: BatchPool,
         emitter: RuntimeEmitter,
         schemas: Vec<Arc<StreamSchema>>,
         stats: Arc<ExecutorStats>,
@@ -159,6 +163,7 @@ impl ExecutorCore {
             setup_done: Some(setup_done),
             first_task,
             rx,
+            pool,
             emitter,
             schemas,
             stats,
@@ -386,8 +391,8 @@ pub(crate) fn run_bolt(
         }
         let now = Instant::now();
         match core.rx.recv_timeout(core.wait_time(now, &[next_tick])) {
-            Ok(Packet::Batch(batch)) => {
-                for env in batch {
+            Ok(Packet::Batch(mut batch)) => {
+                for env in batch.drain(..) {
                     let index = env.task.0.wrapping_sub(core.first_task.0) as usize;
                     match env.msg {
                         Msg::Tuple {
@@ -410,6 +415,7 @@ pub(crate) fn run_bolt(
                         }
                     }
                 }
+                core.pool.give(batch);
             }
             Ok(Packet::Wake | Packet::Activate | Packet::Deactivate) => {}
             Err(RecvTimeoutError::Timeout) => {}
@@ -447,8 +453,8 @@ pub(crate) fn run_acker(mut core: ExecutorCore) {
         }
         let now = Instant::now();
         match core.rx.recv_timeout(core.wait_time(now, &[next_rotate])) {
-            Ok(Packet::Batch(batch)) => {
-                for env in batch {
+            Ok(Packet::Batch(mut batch)) => {
+                for env in batch.drain(..) {
                     // The input rows of an acker: 0 ack-init, 1 ack, 2 fail.
                     let (row, outcome) = match env.msg {
                         Msg::AckInit {
@@ -482,6 +488,7 @@ pub(crate) fn run_acker(mut core: ExecutorCore) {
                         None => {}
                     }
                 }
+                core.pool.give(batch);
             }
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => {}
@@ -527,8 +534,8 @@ impl SpoutLoop {
 
     fn handle(&mut self, packet: Packet) {
         match packet {
-            Packet::Batch(batch) => {
-                for env in batch {
+            Packet::Batch(mut batch) => {
+                for env in batch.drain(..) {
                     match env.msg {
                         Msg::TreeAcked { root } => self.complete(root, true),
                         Msg::TreeFailed { root } => self.complete(root, false),
@@ -560,6 +567,7 @@ impl SpoutLoop {
                         }
                     }
                 }
+                self.core.pool.give(batch);
             }
             Packet::Activate if !self.active => {
                 self.active = true;

@@ -1,5 +1,6 @@
 //! A map whose entries expire after a number of rotations (Storm's `RotatingMap`).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::Hash;
 
@@ -27,15 +28,49 @@ impl<K: Hash + Eq, V> RotatingMap<K, V> {
 
     /// The entry for `k`, in whatever generation it lives.
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        let idx = self.buckets.iter().position(|b| b.contains_key(k))?;
-        self.buckets[idx].get_mut(k)
+        self.buckets.iter_mut().find_map(|b| b.get_mut(k))
     }
 
-    /// The entry for `k`, inserted into the newest generation when absent.
-    pub fn get_or_insert_with(&mut self, k: K, f: impl FnOnce() -> V) -> &mut V {
-        match self.buckets.iter().position(|b| b.contains_key(&k)) {
-            Some(idx) => self.buckets[idx].get_mut(&k).expect("present"),
-            None => self.buckets[0].entry(k).or_insert_with(f),
+    /// Applies `f` to the entry for `k` (made with `new` in the newest generation when
+    /// absent) and removes the entry when `f` says so: `f` returns (remove, result).
+    ///
+    /// An entry of the newest generation, where nearly every short-lived entry is
+    /// found, costs one hash probe whatever happens to it (the acker's hot path).
+    pub fn update<R>(
+        &mut self,
+        k: K,
+        new: impl FnOnce() -> V,
+        f: impl FnOnce(&mut V) -> (bool, R),
+    ) -> R {
+        let (newest, older) = self
+            .buckets
+            .split_first_mut()
+            .expect("at least two buckets");
+        match newest.entry(k) {
+            Entry::Occupied(mut e) => {
+                let (remove, r) = f(e.get_mut());
+                if remove {
+                    e.remove();
+                }
+                r
+            }
+            Entry::Vacant(slot) => {
+                for b in older.iter_mut() {
+                    if let Some(v) = b.get_mut(slot.key()) {
+                        let (remove, r) = f(v);
+                        if remove {
+                            b.remove(slot.key());
+                        }
+                        return r;
+                    }
+                }
+                let mut v = new();
+                let (remove, r) = f(&mut v);
+                if !remove {
+                    slot.insert(v);
+                }
+                r
+            }
         }
     }
 
@@ -77,6 +112,31 @@ mod tests {
         assert_eq!(expired.get(&1), Some(&"a"));
         assert_eq!(m.len(), 1);
         assert_eq!(m.remove(&2), Some("b"));
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn update_finds_entries_in_any_generation_and_removes_on_request() {
+        let mut m: RotatingMap<u64, i32> = RotatingMap::new(3);
+        // Absent: made, changed, kept.
+        assert_eq!(
+            m.update(1, || 10, |v| (false, std::mem::replace(v, 11))),
+            10
+        );
+        m.rotate();
+        // In an older generation: changed in place, not copied into the newest.
+        m.update(1, || 0, |v| (false, *v += 1));
+        assert_eq!(m.get_mut(&1), Some(&mut 12));
+        assert_eq!(m.len(), 1);
+        // Removed from the older generation.
+        assert_eq!(m.update(1, || 0, |v| (true, *v)), 12);
+        assert!(m.is_empty());
+        // Made and removed at once: never stored.
+        assert_eq!(m.update(2, || 5, |v| (true, *v)), 5);
+        assert!(m.is_empty());
+        // In the newest generation.
+        m.insert(3, 1);
+        assert_eq!(m.update(3, || 0, |v| (true, *v)), 1);
         assert!(m.is_empty());
     }
 }

@@ -25,7 +25,7 @@ use crate::logging::log_reported_error;
 use crate::message::Packet;
 use crate::routing::build_routes;
 use crate::stats::{ErrorLog, ExecutorStats, InputRows, ReportedError};
-use crate::transfer::Transfer;
+use crate::transfer::{BatchPool, Transfer};
 use crate::WorkerError;
 
 /// How long [`TopologyRuntime::start_plan`] waits, by default, for every executor to
@@ -303,6 +303,7 @@ impl TopologyRuntime {
         let all = plan.local;
         let mut senders = Vec::new();
         let mut blocked: Vec<Arc<AtomicU64>> = Vec::new();
+        let mut pools = Vec::new();
         let mut receivers = Vec::new();
         let mut dest_of_task = vec![None; layout.max_task().0 as usize + 1];
         for (i, (_, kind, first, last)) in all.iter().enumerate() {
@@ -312,6 +313,8 @@ impl TopologyRuntime {
             };
             senders.push(tx);
             blocked.push(Arc::default());
+            // Room for the buffers of a full queue, and a few being filled.
+            pools.push(BatchPool::new(queue_batches + 16, batch_size));
             receivers.push(rx);
             for t in first.0..=last.0 {
                 if let Some(slot) = dest_of_task.get_mut(t as usize) {
@@ -404,7 +407,7 @@ impl TopologyRuntime {
                 component.clone(),
                 first,
                 routes,
-                Transfer::new(&senders, &blocked, &dest_of_task, batch_size),
+                Transfer::new(&senders, &blocked, &pools, &dest_of_task, batch_size),
                 ackers.clone(),
                 errors.clone(),
                 crate::ratelimit::LogLimiter::new(
@@ -456,6 +459,7 @@ impl TopologyRuntime {
             let core = ExecutorCore::new(
                 first,
                 rx,
+                pools[i].clone(),
                 emitter,
                 schemas,
                 stats.clone(),

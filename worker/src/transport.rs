@@ -1753,7 +1753,7 @@ mod tests {
         let server = start_server(local(), vec![exec(1, 2, Role::Bolt, &q)]);
         let (remote, _lane) = lane(server.local_addr(), 1, 4);
         // In the sending worker, tasks 1 and 2 live behind the lane.
-        let mut transfer = Transfer::new(&[remote], &[], &[None, Some(0), Some(0)], 8);
+        let mut transfer = Transfer::new(&[remote], &[], &[], &[None, Some(0), Some(0)], 8);
         let sent: Vec<Envelope> = (0..20).map(|i| tuple(1, i, 1 + i % 2)).collect();
         for env in sent.iter().cloned() {
             transfer.push(env);
