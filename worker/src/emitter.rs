@@ -136,6 +136,8 @@ pub(crate) struct RuntimeEmitter {
     pub task: TaskId,
     pub task_index: usize,
     routes: Vec<StreamRoute>,
+    /// The route the last emit used.
+    last_route: usize,
     pub transfer: Transfer,
     ackers: Vec<TaskId>,
     rng: fastrand::Rng,
@@ -177,6 +179,7 @@ impl RuntimeEmitter {
             task: first_task,
             task_index: 0,
             routes,
+            last_route: 0,
             transfer,
             ackers,
             rng: fastrand::Rng::new(),
@@ -205,7 +208,22 @@ impl RuntimeEmitter {
         self.transfer.push(Envelope { task, msg });
     }
 
-    fn route_index(&self, stream: &str) -> usize {
+    #[inline]
+    fn route_index(&mut self, stream: &str) -> usize {
+        // Nearly every emit names the stream the one before it did.
+        if self
+            .routes
+            .get(self.last_route)
+            .is_some_and(|r| r.name == stream)
+        {
+            return self.last_route;
+        }
+        self.last_route = self.find_route(stream);
+        self.last_route
+    }
+
+    #[inline(never)]
+    fn find_route(&self, stream: &str) -> usize {
         match self.routes.iter().position(|r| r.name == stream) {
             Some(i) => i,
             None => {

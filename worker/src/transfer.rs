@@ -117,17 +117,7 @@ impl Transfer {
     pub fn push(&mut self, env: Envelope) {
         let d = match self.dest_of_task.get(env.task.0 as usize) {
             Some(&d) if d != NO_DEST => d,
-            _ => {
-                if let Some(suppressed) = self.unknown_task_log.allow() {
-                    tracing::warn!(
-                        task = %env.task,
-                        "dropping a message for task {}, which no executor runs{}",
-                        env.task,
-                        LogLimiter::suffix(suppressed)
-                    );
-                }
-                return;
-            }
+            _ => return self.unknown_task(env.task),
         };
         let dest = &mut self.dests[d as usize];
         if dest.buf.capacity() == 0 {
@@ -142,6 +132,18 @@ impl Transfer {
         } else if !dest.dirty {
             dest.dirty = true;
             self.dirty.push(d);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn unknown_task(&mut self, task: TaskId) {
+        if let Some(suppressed) = self.unknown_task_log.allow() {
+            tracing::warn!(
+                %task,
+                "dropping a message for task {task}, which no executor runs{}",
+                LogLimiter::suffix(suppressed)
+            );
         }
     }
 
@@ -172,6 +174,7 @@ impl Transfer {
         });
     }
 
+    #[inline(never)]
     fn send(dest: &mut Dest, waits: &mut u64) {
         // The next push takes a buffer (from the pool).
         let batch = std::mem::take(&mut dest.buf);

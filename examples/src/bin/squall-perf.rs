@@ -144,9 +144,11 @@ fn main() -> anyhow::Result<()> {
     cluster.submit_topology(&name, &conf, &topology)?;
     std::thread::sleep(Duration::from_secs_f64(a.warmup));
     let before = cluster.stats(&name)?;
+    let cpu_before = cpu_seconds(std::process::id());
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(a.seconds));
     let after = cluster.stats(&name)?;
+    let cpu = cpu_seconds(std::process::id()) - cpu_before;
     let elapsed = t0.elapsed().as_secs_f64();
     let errors = cluster.errors(&name)?;
     cluster.kill_topology(&name)?;
@@ -171,6 +173,7 @@ fn main() -> anyhow::Result<()> {
             emitted,
             acked,
             failed,
+            cpu,
         },
         (lat.p50, lat.p99, lat.max, lat.mean),
     );
@@ -190,6 +193,26 @@ struct Counts {
     emitted: u64,
     acked: u64,
     failed: u64,
+    /// CPU seconds the topology's processes used.
+    cpu: f64,
+}
+
+/// CPU seconds (user + system) process `pid` used so far, from `/proc` (0 where there
+/// is no `/proc`). Less noisy than throughput on a shared machine: the CPU cost of a
+/// tuple does not depend on how much of the machine the run got.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command (which may hold spaces) in parentheses: utime and stime
+    // are the 12th and 13th.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // In USER_HZ, which Linux fixes at 100 for /proc.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Prints the one JSON line of a run. `latency` is p50, p99, max and mean in ms.
@@ -212,6 +235,8 @@ fn print_result(a: &Args, elapsed: f64, c: Counts, latency: (f64, f64, f64, f64)
         },
         "acked": c.acked,
         "failed": c.failed,
+        "cpu_cores": (c.cpu / elapsed * 100.0).round() / 100.0,
+        "cpu_ns_per_tuple": if c.processed > 0 { (c.cpu * 1e9 / c.processed as f64).round() } else { 0.0 },
     });
     println!("{out}");
 }
@@ -353,7 +378,8 @@ fn multi_process(a: &Args, name: &str, conf: &Config, topology: &Topology) -> an
         );
         beats.push(heartbeat_file);
     }
-    let result = measure(a, &beats, &dir);
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    let result = measure(a, &beats, &dir, &pids);
     for mut c in children {
         let _ = c.kill();
         let _ = c.wait();
@@ -364,7 +390,8 @@ fn multi_process(a: &Args, name: &str, conf: &Config, topology: &Topology) -> an
     result
 }
 
-fn measure(a: &Args, beats: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
+fn measure(a: &Args, beats: &[PathBuf], dir: &Path, pids: &[u32]) -> anyhow::Result<()> {
+    let cpu = || pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
     let started = Instant::now();
     while snapshot(beats).is_err() {
         if started.elapsed() > Duration::from_secs(30) {
@@ -374,8 +401,10 @@ fn measure(a: &Args, beats: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
     }
     std::thread::sleep(Duration::from_secs_f64(a.warmup));
     let before = snapshot(beats)?;
+    let cpu_before = cpu();
     std::thread::sleep(Duration::from_secs_f64(a.seconds));
     let after = snapshot(beats)?;
+    let cpu_used = cpu() - cpu_before;
     let elapsed = after
         .at
         .duration_since(before.at)
@@ -393,6 +422,7 @@ fn measure(a: &Args, beats: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
             emitted: after.emitted - before.emitted,
             acked: after.acked - before.acked,
             failed: after.failed - before.failed,
+            cpu: cpu_used,
         },
         after.latency,
     );
