@@ -44,6 +44,13 @@ pub mod keys {
     /// for the triggers and watermarks of windowed bolts, which set this key themselves;
     /// when both are set this one wins.
     pub const SQUALL_TICK_TUPLE_FREQ_MS: &str = "squall.tick.tuple.freq.ms";
+    /// Squall: automatic flow control of spouts (default true). When
+    /// `topology.max.spout.pending` is not set, each spout task adapts how many tuple
+    /// trees it keeps in flight so that complete latency stays near its value with
+    /// empty queues while throughput stays at what the topology can do (see
+    /// ARCHITECTURE.md, "Flow control"). `false` lets spouts emit without limit, as
+    /// Storm does without max pending. A set `topology.max.spout.pending` always wins.
+    pub const SQUALL_SPOUT_FLOW_CONTROL: &str = "squall.spout.flow.control";
     /// Windowed bolts: the window length as a number of tuples.
     pub const TOPOLOGY_BOLTS_WINDOW_LENGTH_COUNT: &str = "topology.bolts.window.length.count";
     /// Windowed bolts: the window length in milliseconds.
@@ -276,6 +283,14 @@ impl Config {
         Ok(self.get_bool(keys::TOPOLOGY_DEBUG)?.unwrap_or(false))
     }
 
+    /// `squall.spout.flow.control` (default true): whether spouts without
+    /// `topology.max.spout.pending` limit their trees in flight by themselves.
+    pub fn spout_flow_control(&self) -> Result<bool, ConfigError> {
+        Ok(self
+            .get_bool(keys::SQUALL_SPOUT_FLOW_CONTROL)?
+            .unwrap_or(true))
+    }
+
     /// `topology.tick.tuple.freq.secs`, `None` when no ticks are wanted.
     pub fn tick_tuple_freq_secs(&self) -> Result<Option<u64>, ConfigError> {
         Ok(self
@@ -351,6 +366,7 @@ impl Config {
         self.num_workers()?;
         self.num_ackers()?;
         self.max_spout_pending()?;
+        self.spout_flow_control()?;
         self.message_timeout_secs()?;
         self.message_timeouts_enabled()?;
         self.debug()?;
@@ -374,6 +390,7 @@ mod tests {
         assert_eq!(c.num_workers().unwrap(), 1);
         assert_eq!(c.num_ackers().unwrap(), 1);
         assert_eq!(c.max_spout_pending().unwrap(), None);
+        assert!(c.spout_flow_control().unwrap());
         assert_eq!(c.message_timeout_secs().unwrap(), 30);
         assert!(!c.debug().unwrap());
         assert!(c.message_timeouts_enabled().unwrap());

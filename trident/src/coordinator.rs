@@ -257,6 +257,14 @@ fn parse_msg_id(v: &Value) -> Option<(i64, u64, u64)> {
 }
 
 impl Spout for Coordinator {
+    /// The coordinator keeps its own number of batches in flight
+    /// (`topology.max.spout.pending`, Storm's default of one): no automatic flow control.
+    fn component_configuration(&self) -> Config {
+        let mut c = Config::new();
+        c.set(squall_api::config::keys::SQUALL_SPOUT_FLOW_CONTROL, false);
+        c
+    }
+
     fn open(&mut self, conf: &Config, _ctx: &TopologyContext) -> Result<(), BoxError> {
         if conf.num_ackers()? == 0 {
             return Err("Trident needs acking to know when a batch is done: \

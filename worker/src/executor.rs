@@ -16,6 +16,7 @@ use squall_api::{
 
 use crate::acker::{AckerOutcome, AckerState};
 use crate::emitter::RuntimeEmitter;
+use crate::flow::FlowControl;
 use crate::message::{Msg, Packet};
 use crate::ratelimit::LogLimiter;
 use crate::stats::{new_histogram, ExecutorStats};
@@ -509,12 +510,16 @@ pub(crate) fn run_acker(mut core: ExecutorCore) {
 /// Spout executor state beyond the shared core.
 pub(crate) struct SpoutSettings {
     pub max_pending: Option<usize>,
+    /// Automatic flow control (no max pending set, and `squall.spout.flow.control`).
+    pub flow_control: bool,
     pub wait: Duration,
 }
 
 struct SpoutLoop {
     core: ExecutorCore,
     spouts: Vec<Box<dyn Spout>>,
+    /// Per task, the adaptive pending limit (automatic flow control), or none.
+    flow: Vec<FlowControl>,
     active: bool,
     latency: Histogram<u64>,
     last_publish: Instant,
@@ -601,6 +606,13 @@ impl SpoutLoop {
             .stats
             .pending
             .store(tracking.pending.len() as u64, Ordering::Release);
+        if !self.flow.is_empty() {
+            let limit = self.flow.iter().map(|f| f.limit() as u64).sum();
+            self.core
+                .stats
+                .pending_limit
+                .store(limit, Ordering::Relaxed);
+        }
     }
 
     fn complete(&mut self, root: u64, acked: bool) {
@@ -609,10 +621,15 @@ impl SpoutLoop {
         let Some(p) = tracking.pending.remove(&root) else {
             return;
         };
-        tracking.pending_per_task[p.task_index as usize] -= 1;
+        let task = p.task_index as usize;
+        tracking.pending_per_task[task] -= 1;
         let row = &mut self.core.emitter.stats.outputs[p.stream as usize];
         if acked {
-            let us = p.start.elapsed().as_micros() as u64;
+            let now = Instant::now();
+            let us = now.saturating_duration_since(p.start).as_micros() as u64;
+            if let Some(flow) = self.flow.get_mut(task) {
+                flow.completed(us, tracking.pending_per_task[task], now);
+            }
             let _ = self.latency.record(us.max(1));
             row.acked += 1;
             row.complete_us += us;
@@ -644,13 +661,20 @@ impl SpoutLoop {
         }
     }
 
-    fn time_out(&mut self) {
+    fn time_out(&mut self, now: Instant) {
         let tracking = self.core.emitter.spout.as_mut().expect("spout tracking");
         let expired = tracking.pending.rotate();
         let stats = &mut self.core.emitter.stats;
+        let mut timed_out = vec![false; self.flow.len()];
         for p in expired.values() {
             tracking.pending_per_task[p.task_index as usize] -= 1;
             stats.outputs[p.stream as usize].timed_out += 1;
+            if let Some(t) = timed_out.get_mut(p.task_index as usize) {
+                *t = true;
+            }
+        }
+        for (flow, _) in self.flow.iter_mut().zip(timed_out).filter(|(_, t)| *t) {
+            flow.timed_out(now);
         }
         for (_, p) in expired {
             self.call(p.task_index as usize, "fail", |s, e| {
@@ -659,9 +683,14 @@ impl SpoutLoop {
         }
     }
 
-    fn has_room(&self, max_pending: Option<usize>, index: usize) -> bool {
+    fn has_room(&mut self, max_pending: Option<usize>, index: usize) -> bool {
         let tracking = self.core.emitter.spout.as_ref().expect("spout tracking");
-        max_pending.is_none_or(|m| tracking.pending_per_task[index] < m)
+        let pending = tracking.pending_per_task[index];
+        match (max_pending, self.flow.get_mut(index)) {
+            (Some(m), _) => pending < m,
+            (None, Some(flow)) => flow.has_room(pending),
+            (None, None) => true,
+        }
     }
 
     fn publish_latency(&mut self, now: Instant, force: bool) {
@@ -688,8 +717,14 @@ pub(crate) fn run_spout(
     contexts: Vec<TopologyContext>,
     settings: SpoutSettings,
 ) {
+    let flow = if settings.flow_control {
+        vec![FlowControl::new(Instant::now()); spouts.len()]
+    } else {
+        Vec::new()
+    };
     let mut sl = SpoutLoop {
         core,
+        flow,
         spouts,
         active: false,
         latency: new_histogram(),
@@ -735,7 +770,7 @@ pub(crate) fn run_spout(
         let now = Instant::now();
         if let (Some(due), Some(t)) = (next_rotate, sl.core.timeout) {
             if now >= due {
-                sl.time_out();
+                sl.time_out(now);
                 next_rotate = Some(now + t);
             }
         }

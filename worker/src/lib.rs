@@ -25,6 +25,7 @@ pub mod acker;
 pub mod cluster_worker;
 mod emitter;
 mod executor;
+mod flow;
 pub mod local;
 pub mod local_nimbus;
 pub mod logging;

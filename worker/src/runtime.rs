@@ -132,6 +132,10 @@ pub struct ComponentStats {
     pub executed: u64,
     /// Spouts: tuple trees in flight (message ids not yet acked or failed).
     pub pending: u64,
+    /// Spouts under automatic flow control (`squall.spout.flow.control`, no
+    /// `topology.max.spout.pending`): the current limit on trees in flight, summed
+    /// over the tasks; 0 for other components.
+    pub pending_limit: u64,
     /// Bolts: mean execute latency in ms (sampled).
     pub execute_latency_ms: f64,
     /// Spouts: complete latency percentiles in ms: p50, p99, max, mean.
@@ -448,6 +452,9 @@ impl TopologyRuntime {
                     spouts,
                     SpoutSettings {
                         max_pending,
+                        flow_control: max_pending.is_none()
+                            && comp_conf.spout_flow_control()?
+                            && !acks_held_by_design(&spec),
                         wait: spout_wait,
                     },
                 )
@@ -738,6 +745,7 @@ impl TopologyRuntime {
             c.timed_out += load(&s.timed_out);
             c.executed += load(&s.executed);
             c.pending += load(&s.pending);
+            c.pending_limit += load(&s.pending_limit);
             for (name, &v) in s.gauges.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                 let sum = c.gauges.entry(name.clone()).or_default();
                 *sum = sum.saturating_add(v);
@@ -866,6 +874,24 @@ impl Drop for TopologyRuntime {
     }
 }
 
+/// Whether the topology holds tuple trees open by design: a windowed bolt acks a tuple
+/// once it left its windows, a stateful topology once a checkpoint committed. Their
+/// complete latency is the window or the checkpoint interval, not queueing, so spouts'
+/// automatic flow control (which reads queueing from latency) stays off there; set
+/// `topology.max.spout.pending` as in Storm.
+fn acks_held_by_design(spec: &squall_api::TopologySpec) -> bool {
+    use squall_api::config::keys;
+    spec.components.iter().any(|(id, c)| {
+        id.as_str() == squall_api::state::CHECKPOINT_COMPONENT
+            || c.conf
+                .get(keys::TOPOLOGY_BOLTS_WINDOW_LENGTH_COUNT)
+                .is_some()
+            || c.conf
+                .get(keys::TOPOLOGY_BOLTS_WINDOW_LENGTH_DURATION_MS)
+                .is_some()
+    })
+}
+
 /// The totals of one executor.
 fn executor_totals(e: &ExecutorHandle) -> ComponentStats {
     let s = &e.stats;
@@ -890,6 +916,7 @@ fn executor_totals(e: &ExecutorHandle) -> ComponentStats {
         timed_out: load(&s.timed_out),
         executed: load(&s.executed),
         pending: load(&s.pending),
+        pending_limit: load(&s.pending_limit),
         execute_latency_ms: if samples > 0 {
             load(&s.execute_ns) as f64 / samples as f64 / 1e6
         } else {

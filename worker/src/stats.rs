@@ -35,6 +35,9 @@ pub struct ExecutorStats {
     /// Spouts: tuple trees in flight (message ids neither acked nor failed yet), over
     /// the executor's tasks. Published by the executor after every round of its loop.
     pub pending: AtomicU64,
+    /// Spouts under automatic flow control: the sum of their tasks' current limits on
+    /// trees in flight (0 otherwise).
+    pub pending_limit: AtomicU64,
     /// Spouts: deactivation requests the executor has handled. Stored (with release
     /// ordering) after `pending`, so a reader that sees its request handled also sees a
     /// pending count that can only go down from then on.
@@ -74,6 +77,7 @@ impl ExecutorStats {
             execute_samples: AtomicU64::new(0),
             complete_latency_us: Mutex::new(new_histogram()),
             pending: AtomicU64::new(0),
+            pending_limit: AtomicU64::new(0),
             deactivations: AtomicU64::new(0),
             outputs: (0..outputs).map(|_| SharedRow::default()).collect(),
             inputs: (0..inputs).map(|_| SharedRow::default()).collect(),

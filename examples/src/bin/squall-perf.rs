@@ -66,6 +66,10 @@ struct Args {
     /// topology.max.spout.pending (per spout task).
     #[arg(long)]
     max_pending: Option<u32>,
+    /// Turn automatic spout flow control off (`squall.spout.flow.control: false`):
+    /// without --max-pending, spouts then emit without limit.
+    #[arg(long)]
+    no_flow_control: bool,
     /// Limit the spouts to this many tuples per second in total.
     #[arg(long)]
     rate: Option<u64>,
@@ -128,6 +132,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(p) = a.max_pending {
         conf.set_max_spout_pending(p);
     }
+    if a.no_flow_control {
+        conf.set(squall_api::config::keys::SQUALL_SPOUT_FLOW_CONTROL, false);
+    }
     if let Some(b) = a.batch_size {
         conf.set(squall_api::config::keys::TOPOLOGY_PRODUCER_BATCH_SIZE, b);
     }
@@ -165,6 +172,7 @@ fn main() -> anyhow::Result<()> {
         .component("spout")
         .complete_latency_ms
         .unwrap_or_default();
+    let pending_limit = after.component("spout").pending_limit;
     print_result(
         &a,
         elapsed,
@@ -174,6 +182,7 @@ fn main() -> anyhow::Result<()> {
             acked,
             failed,
             cpu,
+            pending_limit,
         },
         (lat.p50, lat.p99, lat.max, lat.mean),
     );
@@ -195,6 +204,8 @@ struct Counts {
     failed: u64,
     /// CPU seconds the topology's processes used.
     cpu: f64,
+    /// The spouts' automatic pending limit at the end (0: not in use or not known).
+    pending_limit: u64,
 }
 
 /// CPU seconds (user + system) process `pid` used so far, from `/proc` (0 where there
@@ -225,6 +236,7 @@ fn print_result(a: &Args, elapsed: f64, c: Counts, latency: (f64, f64, f64, f64)
         "ackers": a.ackers,
         "spouts": a.spouts,
         "max_pending": a.max_pending,
+        "flow_control_limit": c.pending_limit,
         "rate": a.rate,
         "tuples_per_sec": per_sec(c.processed),
         "spout_emits_per_sec": per_sec(c.emitted),
@@ -423,6 +435,7 @@ fn measure(a: &Args, beats: &[PathBuf], dir: &Path, pids: &[u32]) -> anyhow::Res
             acked: after.acked - before.acked,
             failed: after.failed - before.failed,
             cpu: cpu_used,
+            pending_limit: 0,
         },
         after.latency,
     );
