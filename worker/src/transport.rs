@@ -1174,7 +1174,12 @@ impl Writer {
             }
             connected_before = true;
             let broken = self.pump(&mut stream);
-            let _ = stream.shutdown(Shutdown::Both);
+            match broken {
+                Broken::Exit => self.close_gracefully(&mut stream),
+                Broken::Io(_) => {
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
+            }
             let addr = {
                 let mut link = lock(&self.link);
                 link.live = None;
@@ -1322,6 +1327,36 @@ impl Writer {
         bump(&self.counters.bytes_sent, (preamble.len() + TAG_LEN) as u64);
         self.last_heard = Instant::now();
         Ok(stream)
+    }
+
+    /// Ends a connection whose lane is done (its queue closed, everything written): a
+    /// FIN after the last byte, then the server's alive bytes are read and ignored
+    /// until it has read everything and closes its side (for at most
+    /// [`Liveness::dead_after`], 10 s at most, and not at all when shutting down).
+    /// Closing a socket with unread bytes in its receive buffer (those alive bytes)
+    /// sends a reset instead of a FIN, and a reset makes the server's kernel discard
+    /// the batches it had not handed to the reader yet.
+    fn close_gracefully(&self, stream: &mut TcpStream) {
+        if stream.shutdown(Shutdown::Write).is_err() {
+            return;
+        }
+        let _ = stream.set_read_timeout(Some(POLL));
+        let deadline = Instant::now() + self.liveness.dead_after.min(Duration::from_secs(10));
+        let mut buf = [0u8; 64];
+        while Instant::now() < deadline && !self.stopping() {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => break,
+            }
+        }
     }
 
     /// Writes queued batches to `stream` until it breaks or the writer should exit.
@@ -1777,10 +1812,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "flaky when the machine is starved of CPU (fails on 2 cores with two busy \
-                loops, before issue 7 too): the connection is reset as the long-blocked \
-                drain starts; to be found with the transport work of issue 11. Run with \
-                `cargo test -p squall-worker --lib -- --ignored a_full_executor_queue`"]
     fn a_full_executor_queue_holds_the_sender_back_without_breaking_the_lane() {
         // One batch of room at the executor, and nobody drains it for a while: longer
         // than a silent peer is given, but this one is alive and says so.

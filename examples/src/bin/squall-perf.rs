@@ -156,6 +156,7 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs_f64(a.seconds));
     let after = cluster.stats(&name)?;
     let cpu = cpu_seconds(std::process::id()) - cpu_before;
+    let rss = rss_mb(std::process::id());
     let elapsed = t0.elapsed().as_secs_f64();
     let errors = cluster.errors(&name)?;
     cluster.kill_topology(&name)?;
@@ -183,6 +184,7 @@ fn main() -> anyhow::Result<()> {
             failed,
             cpu,
             pending_limit,
+            rss_mb: rss,
         },
         (lat.p50, lat.p99, lat.max, lat.mean),
     );
@@ -206,6 +208,19 @@ struct Counts {
     cpu: f64,
     /// The spouts' automatic pending limit at the end (0: not in use or not known).
     pending_limit: u64,
+    /// Resident memory at the end of the run, in MB: the process, or the largest worker.
+    rss_mb: f64,
+}
+
+/// The resident memory of process `pid` in MB, from `/proc` (0 where there is none).
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kb| (kb / 1024.0 * 10.0).round() / 10.0)
 }
 
 /// CPU seconds (user + system) process `pid` used so far, from `/proc` (0 where there
@@ -248,6 +263,7 @@ fn print_result(a: &Args, elapsed: f64, c: Counts, latency: (f64, f64, f64, f64)
         "acked": c.acked,
         "failed": c.failed,
         "cpu_cores": (c.cpu / elapsed * 100.0).round() / 100.0,
+        "rss_mb": c.rss_mb,
         "cpu_ns_per_tuple": if c.processed > 0 { (c.cpu * 1e9 / c.processed as f64).round() } else { 0.0 },
     });
     println!("{out}");
@@ -436,6 +452,7 @@ fn measure(a: &Args, beats: &[PathBuf], dir: &Path, pids: &[u32]) -> anyhow::Res
             failed: after.failed - before.failed,
             cpu: cpu_used,
             pending_limit: 0,
+            rss_mb: pids.iter().map(|&p| rss_mb(p)).fold(0.0, f64::max),
         },
         after.latency,
     );
