@@ -624,12 +624,12 @@ impl SpoutLoop {
         let task = p.task_index as usize;
         tracking.pending_per_task[task] -= 1;
         let row = &mut self.core.emitter.stats.outputs[p.stream as usize];
+        let now = Instant::now();
+        let us = now.saturating_duration_since(p.start).as_micros() as u64;
+        if let Some(flow) = self.flow.get_mut(task) {
+            flow.completed(us, tracking.pending_per_task[task], now);
+        }
         if acked {
-            let now = Instant::now();
-            let us = now.saturating_duration_since(p.start).as_micros() as u64;
-            if let Some(flow) = self.flow.get_mut(task) {
-                flow.completed(us, tracking.pending_per_task[task], now);
-            }
             let _ = self.latency.record(us.max(1));
             row.acked += 1;
             row.complete_us += us;

@@ -7,10 +7,10 @@
 //! controller tunes it by itself, as TCP Vegas tunes a congestion window:
 //!
 //! - The **base latency** is the lowest mean complete latency of a round seen in the
-//!   last two windows of [`BASE_WINDOW`]: what a tree costs with empty queues. A task
-//!   starts at the [`MIN`] limit, where nothing queues, and every [`PROBE_EVERY`] the
-//!   limit drops back to it for one round (the queues drain), so the base follows the
-//!   topology when it gets slower.
+//!   last two windows of [`BASE_WINDOW`]: what a tree costs with empty queues. Every
+//!   [`PROBE_EVERY`] (and first after [`FIRST_PROBE`]) the limit drops to [`MIN`], one
+//!   tree, for a round once the queues drained, so the base is measured where nothing
+//!   queues and follows the topology when it gets slower.
 //! - A **round** is about one limit's worth of completed trees (one round trip). At its
 //!   end the round's mean latency minus the base estimates the time trees spent queued.
 //!   Below half the queueing budget the limit grows by a quarter (doubles at the start,
@@ -20,12 +20,16 @@
 //! - The **queueing budget** is [`QUEUE_BUDGET_US`] or half the base latency, whichever
 //!   is larger: enough queueing to keep every executor busy with full batches (the
 //!   throughput of an unlimited spout), little enough that latency stays near the base.
-//! - A tree that times out halves the limit.
+//! - A tree that fails counts as a sample like one that completes (a spout whose
+//!   trees all fail still gets a limit that fits); one that times out halves the limit.
 
 use std::time::{Duration, Instant};
 
-/// The limit a task starts with, never goes below, and probes the base latency at: one
-/// tree in flight queues nowhere.
+/// The limit a task starts with: little queueing for fast trees, and slow ones (a bolt
+/// waiting on a remote service) get going without waiting for many rounds.
+const START: f64 = 64.0;
+/// The limit never goes below this, and probes the base latency at it: one tree in
+/// flight queues nowhere.
 const MIN: f64 = 1.0;
 /// A probe round ends after this many completed trees.
 const PROBE_SAMPLES: u32 = 4;
@@ -37,6 +41,9 @@ const QUEUE_BUDGET_US: f64 = 4_000.0;
 const BASE_WINDOW: Duration = PROBE_EVERY;
 /// How often the limit drops for a round to measure the base latency afresh.
 const PROBE_EVERY: Duration = Duration::from_secs(10);
+/// The first probe, soon after the start (which measures at [`START`] trees in flight,
+/// where slow trees already queue).
+const FIRST_PROBE: Duration = Duration::from_secs(1);
 /// A round ends after at least this many completed trees...
 const ROUND_MIN_SAMPLES: u32 = 16;
 /// ...or this long with at least one, whichever comes first once past the minimum.
@@ -75,7 +82,7 @@ pub(crate) struct FlowControl {
 impl FlowControl {
     pub fn new(now: Instant) -> Self {
         FlowControl {
-            limit: MIN,
+            limit: START,
             phase: Phase::SlowStart,
             round_start: now,
             samples: 0,
@@ -84,7 +91,7 @@ impl FlowControl {
             base_cur: f64::INFINITY,
             base_prev: f64::INFINITY,
             window_start: now,
-            next_probe: now + PROBE_EVERY,
+            next_probe: now + FIRST_PROBE,
         }
     }
 
@@ -346,14 +353,14 @@ mod tests {
             assert!(fc.has_room(0));
             fc.completed(100, 0, now + Duration::from_micros(i * 10));
         }
-        assert_eq!(fc.limit(), MIN as usize);
+        assert_eq!(fc.limit(), START as usize);
         // Run into it at low latency: it grows.
         for i in 0..64u64 {
             assert!(!fc.has_room(fc.limit()));
             fc.completed(100, fc.limit(), now + Duration::from_micros(i * 10));
         }
         let grown = fc.limit();
-        assert!(grown >= 4, "limit {grown}");
+        assert!(grown > START as usize, "limit {grown}");
         fc.timed_out(now + Duration::from_millis(200));
         assert_eq!(fc.limit(), grown / 2);
         for _ in 0..64 {
