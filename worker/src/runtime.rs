@@ -453,6 +453,7 @@ impl TopologyRuntime {
                     SpoutSettings {
                         max_pending,
                         flow_control: max_pending.is_none()
+                            && !ackers.is_empty()
                             && comp_conf.spout_flow_control()?
                             && !acks_held_by_design(&spec),
                         wait: spout_wait,
