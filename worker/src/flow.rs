@@ -180,6 +180,10 @@ impl FlowControl {
         let base = self.base();
         let budget = QUEUE_BUDGET_US.max(base / 2.0);
         let queued = mean - base;
+        if queued >= budget / 2.0 {
+            // Queueing shows: the start is over.
+            self.phase = Phase::Normal;
+        }
         if queued < budget / 2.0 {
             if self.hit_limit {
                 self.limit *= if self.phase == Phase::SlowStart {
@@ -189,15 +193,12 @@ impl FlowControl {
                 };
             }
         } else if queued < budget {
-            self.phase = Phase::Normal;
             if self.hit_limit {
                 self.limit += (self.limit / 32.0).max(1.0);
             }
         } else if queued < 2.0 * budget {
-            self.phase = Phase::Normal;
             self.limit *= 0.95;
         } else {
-            self.phase = Phase::Normal;
             self.limit *= ((base + budget) / mean).max(0.5);
         }
         self.limit = self.limit.clamp(MIN, MAX);
