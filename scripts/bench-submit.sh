@@ -3,6 +3,8 @@
 # from `squall jar` of WordCount to its first tuple processed (as Nimbus reports from
 # worker heartbeats, polled every 20 ms). Prints one JSON line per run.
 # Usage: scripts/bench-submit.sh [runs]
+# With SQUALL_BENCH_LOGS=DIR the daemons' and workers' logs are kept there (for a
+# timeline of where the time goes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-3}"
@@ -24,7 +26,15 @@ supervisor.slots.ports: [$s1, $s2]
 supervisor.monitor.frequency.secs: 1
 YAML
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  if [[ -n "${SQUALL_BENCH_LOGS:-}" ]]; then
+    mkdir -p "$SQUALL_BENCH_LOGS"
+    (cd "$dir" && find . -name '*.log' -exec cp --parents {} "$SQUALL_BENCH_LOGS" \;)
+  fi
+  rm -rf "$dir"
+}
 trap cleanup EXIT
 "$bin/squall" dev-zookeeper --config "$dir/storm.yaml" > "$dir/zk.log" 2>&1 & pids+=($!)
 sleep 2
@@ -40,7 +50,7 @@ for i in $(seq "$runs"); do
     sleep 0.02
   done
   first=$(date +%s.%N)
-  python3 -c "print('{\"run\": $i, \"submit_secs\": %.3f, \"submit_to_first_tuple_secs\": %.3f}' % ($submitted - $start, $first - $start))"
+  python3 -c "import datetime; print('{\"run\": $i, \"started\": \"%s\", \"submit_secs\": %.3f, \"submit_to_first_tuple_secs\": %.3f}' % (datetime.datetime.fromtimestamp($start, datetime.timezone.utc).strftime(\"%H:%M:%S.%f\"), $submitted - $start, $first - $start))"
   "$bin/squall" kill "wc$i" -w 0 --config "$dir/storm.yaml" > /dev/null
   sleep 3
 done

@@ -45,7 +45,8 @@
 //! ## Metrics
 //! The spout sets the gauges `kafka.lag.<topic>.<partition>` (the partition's latest
 //! offset, its high watermark, minus the offset committed for it), `kafka.lag.total`
-//! and `kafka.retries.exhausted` (messages given up on after
+//! (set once the latest offset of every partition of the task is known) and
+//! `kafka.retries.exhausted` (messages given up on after
 //! [`max_retries`](KafkaSpoutRetryExponentialBackoff::max_retries)); they are shown with
 //! the executor stats in the UI and in `/metrics`.
 #![deny(missing_docs)]

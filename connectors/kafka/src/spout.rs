@@ -529,8 +529,10 @@ impl Running {
         }
         let high = self.shared.high_watermarks();
         let mut total = 0i64;
+        let mut all_known = true;
         for (n, p) in self.parts.iter().enumerate() {
             let Some(&h) = high.get(&(p.topic.to_string(), p.partition)) else {
+                all_known = false;
                 continue;
             };
             let lag = (h - p.offsets.committed()).max(0);
@@ -551,7 +553,10 @@ impl Running {
                 self.parts.len()
             ));
         }
-        out.set_gauge("kafka.lag.total", total);
+        // A total over only some partitions would read as "caught up" too early.
+        if all_known {
+            out.set_gauge("kafka.lag.total", total);
+        }
         out.set_gauge("kafka.retries.exhausted", self.exhausted);
     }
 
