@@ -74,15 +74,21 @@ impl Spout for Events {
     }
 }
 
-/// Passes events on; fails one with probability `fail_rate`.
+/// Passes events on; fails one with probability `fail_rate`, and the first time it
+/// sees the event stamped `fail_once` (so that a run has at least one failure).
 #[derive(Clone)]
 struct Flaky {
     fail_rate: f64,
+    fail_once: Option<i64>,
 }
 
 impl Bolt for Flaky {
     fn execute(&mut self, t: Tuple, out: &mut OutputCollector<'_>) {
-        if fastrand::f64() < self.fail_rate {
+        let forced = self.fail_once.is_some() && t.get_long(0).ok() == self.fail_once;
+        if forced {
+            self.fail_once = None;
+        }
+        if forced || fastrand::f64() < self.fail_rate {
             return out.fail(&t);
         }
         out.emit_anchored(&t, t.values().iter().cloned().collect());
@@ -185,8 +191,11 @@ fn topology(events: u64, flaky: f64, collect_fail: f64) -> Topology {
         },
         1,
     );
-    b.set_bolt("flaky", Flaky { fail_rate: flaky }, 2)
-        .shuffle_grouping("events");
+    let flaky = Flaky {
+        fail_rate: flaky,
+        fail_once: (flaky > 0.0).then(|| event(events / 2).0),
+    };
+    b.set_bolt("flaky", flaky, 2).shuffle_grouping("events");
     b.set_stateful_windowed_bolt(
         "win",
         Windowed::stateful(KeyCounts)
