@@ -10,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-3}"
 ./scripts/ensure-zookeeper.sh >/dev/null
-: ${SQUALL_BENCH_NO_BUILD:=}; [[ -n "$SQUALL_BENCH_NO_BUILD" ]] || cargo build -j2 --release -p squall-cli -p squall-examples >&2
+if [[ -z "${SQUALL_BENCH_NO_BUILD:-}" ]]; then
+  cargo build -j2 --release -p squall-cli -p squall-examples >&2
+fi
 bin="$PWD/target/release"
 dir=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
