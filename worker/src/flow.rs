@@ -31,10 +31,10 @@ const START: f64 = 64.0;
 /// The limit never goes below this, and probes the base latency at it: one tree in
 /// flight queues nowhere.
 const MIN: f64 = 1.0;
-/// A probe round ends after this many completed trees.
-const PROBE_SAMPLES: u32 = 4;
 /// Nor above this.
 const MAX: f64 = 1_000_000.0;
+/// A probe round ends after this many completed trees.
+const PROBE_SAMPLES: u32 = 4;
 /// Queueing time allowed on top of the base latency, in µs.
 const QUEUE_BUDGET_US: f64 = 4_000.0;
 /// The base latency is the minimum over the last two windows of this length.
