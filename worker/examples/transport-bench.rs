@@ -1,9 +1,11 @@
 //! Throughput of the worker-to-worker transport over loopback: one sender thread feeds a
 //! `Lane` batches of 256 one-field tuples; a `TransportServer` hands them to a
-//! queue that one thread drains. Prints one JSON line.
+//! queue that one thread drains. Prints one JSON line. `--anchored` tuples belong to one
+//! tree each, or with `--per-tree N` to trees of N consecutive tuples (a split bolt's
+//! words of one sentence).
 //!
 //! ```text
-//! cargo run --release -p squall-worker --example transport-bench -- [--secs 10] [--words] [--anchored]
+//! cargo run --release -p squall-worker --example transport-bench -- [--secs 10] [--words] [--anchored [--per-tree N]]
 //! ```
 
 use std::net::TcpListener;
@@ -31,6 +33,11 @@ fn main() -> std::io::Result<()> {
         .map_or(10, |s| s.parse().expect("--secs takes a number"));
     let words = args.iter().any(|a| a == "--words");
     let anchored = args.iter().any(|a| a == "--anchored");
+    let per_tree: u64 = args
+        .iter()
+        .position(|a| a == "--per-tree")
+        .and_then(|i| args.get(i + 1))
+        .map_or(1, |s| s.parse().expect("--per-tree takes a number"));
 
     let (q, rx) = crossbeam_channel::bounded::<Packet>(64);
     let executor = LocalExecutor {
@@ -74,7 +81,7 @@ fn main() -> std::io::Result<()> {
                             values![n]
                         };
                         let anchors = if anchored {
-                            Anchors::single(n.wrapping_mul(0x9e37_79b9_7f4a_7c15), n)
+                            Anchors::single((n / per_tree).wrapping_mul(0x9e37_79b9_7f4a_7c15), n)
                         } else {
                             Anchors::none()
                         };

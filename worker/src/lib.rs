@@ -38,6 +38,7 @@ pub mod stats;
 pub mod submitter;
 pub mod transfer;
 pub mod transport;
+pub mod wire;
 
 pub use local::LocalCluster;
 pub use runtime::{

@@ -43,7 +43,7 @@
 //!
 //! # Wire format
 //!
-//! A connection starts with the 4 bytes [`MAGIC`] (`SQL2`) and one hello frame; then
+//! A connection starts with the 4 bytes [`MAGIC`] (`SQL3`) and one hello frame; then
 //! every frame carries one batch. A frame is a big-endian `u32` length and that many
 //! bytes of MessagePack (`rmp-serde`'s compact encoding: structs as arrays):
 //!
@@ -53,8 +53,8 @@
 //!   with a 32-byte tag, `HMAC-SHA256(secret, nonce ++ hello frame)` when the cluster has a
 //!   secret ([`squall_cluster::secret`]), zeros when not; the server answers one byte
 //!   `1` when it accepts;
-//! - data: one batch as a [`WireBatch`](crate::message::WireBatch) (tuples grouped by
-//!   task, stream and source), at most [`MAX_FRAME_BYTES`].
+//! - data: one batch in the [`wire`](crate::wire) format (tuples grouped by task, stream,
+//!   source and tree), at most [`MAX_FRAME_BYTES`].
 //!
 //! The server **refuses** (closes, logs naming the peer, counts in
 //! [`TransportStats::connections_refused`]) a hello of another topology or another
@@ -114,7 +114,7 @@ use crate::message::{Envelope, Msg, Packet};
 use crate::ratelimit::LogLimiter;
 
 /// The first 4 bytes of every connection.
-pub const MAGIC: [u8; 4] = *b"SQL2";
+pub const MAGIC: [u8; 4] = *b"SQL3";
 /// The largest data frame (length prefix excluded) a server accepts and a client sends.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// The largest hello frame a server accepts.
@@ -498,7 +498,7 @@ fn deliver(exec: &LocalExecutor, batch: Vec<Envelope>, stop: &AtomicBool) -> boo
 /// Why a server closed a connection.
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
-    #[error("it did not start with the magic \"SQL2\" but with \"{}\"", .0.escape_ascii())]
+    #[error("it did not start with the magic \"SQL3\" but with \"{}\"", .0.escape_ascii())]
     BadMagic([u8; 4]),
     #[error("it closed the connection before its hello")]
     NoHello,
@@ -590,24 +590,10 @@ fn read_frame(rd: &mut impl Read, frame: &mut Vec<u8>, max: usize) -> Result<boo
 
 /// Decodes a data frame, which must hold exactly one batch.
 fn decode_batch(frame: &[u8]) -> Result<Vec<Envelope>, ConnError> {
-    let undecodable = |error: String| ConnError::Undecodable {
+    crate::wire::decode_batch(frame).map_err(|error| ConnError::Undecodable {
         len: frame.len(),
         error,
-    };
-    // Decoding from the slice (not through `Read`) lets strings be read in place.
-    let mut de = rmp_serde::Deserializer::from_read_ref(frame);
-    let batch = crate::message::DecodedBatch::deserialize(&mut de)
-        .map_err(|e| undecodable(e.to_string()))?
-        .0;
-    // Whatever decodes after the batch is trailing garbage.
-    match serde::de::IgnoredAny::deserialize(&mut de) {
-        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
-            if e.kind() == io::ErrorKind::UnexpectedEof =>
-        {
-            Ok(batch)
-        }
-        _ => Err(undecodable("bytes follow the batch".to_owned())),
-    }
+    })
 }
 
 /// A fresh nonce from the operating system's cryptographic random source.
@@ -1414,10 +1400,10 @@ impl Writer {
     fn encode(&mut self, batch: &[Envelope]) {
         let start = self.out.len();
         self.out.extend_from_slice(&[0; 4]);
-        let result = rmp_serde::encode::write(&mut self.out, &crate::message::WireBatch(batch));
+        let result = crate::wire::encode_batch(&mut self.out, batch);
         let len = self.out.len() - start - 4;
         let problem = match result {
-            Err(e) => format!("could not be encoded: {e}"),
+            Err(e) => format!("could not be encoded ({e})"),
             Ok(()) if len > MAX_FRAME_BYTES => {
                 format!("encodes to {len} bytes, over the {MAX_FRAME_BYTES}-byte frame limit")
             }
@@ -1982,10 +1968,7 @@ mod tests {
     }
 
     fn frame_of(to_task: u32, batch: &[Envelope]) -> Vec<u8> {
-        framed(
-            hello(to_task),
-            &rmp_serde::to_vec(&crate::message::WireBatch(batch)).unwrap(),
-        )
+        framed(hello(to_task), &crate::wire::to_vec(batch).unwrap())
     }
 
     #[test]
@@ -2005,14 +1988,14 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(7);
         let garbage: Vec<u8> = (0..4096).map(|_| rng.u8(..)).collect();
         // A tuple whose values claim 4 G elements, then ends: one group
-        // [0, task 1, stream 0, source 1, [values]] (see `message::WireBatch`).
+        // [0, task 1, stream 0, source 1, [values]] (see `wire`).
         let mut alloc_bomb = vec![0x91, 0x95, 0x00, 0x01, 0x00, 0x01, 0x91];
         alloc_bomb.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]);
         // A value nested 200 000 lists deep.
         let mut depth_bomb = alloc_bomb[..alloc_bomb.len() - 6].to_vec();
         depth_bomb.push(0x91);
         depth_bomb.extend(std::iter::repeat_n(0x91u8, 200_000));
-        let good_frame = rmp_serde::to_vec(&crate::message::WireBatch(&[tuple(1, 1, 1)])).unwrap();
+        let good_frame = crate::wire::to_vec(&[tuple(1, 1, 1)]).unwrap();
         let mut trailing_garbage = good_frame.clone();
         trailing_garbage.extend_from_slice(&garbage[..8]);
         let mut truncated = hello(1);
