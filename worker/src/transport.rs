@@ -131,8 +131,10 @@ const IO_BUFFER: usize = 256 << 10;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often blocked threads look at their shutdown flag.
 const POLL: Duration = Duration::from_millis(100);
-/// Reconnect backoff bounds.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Reconnect backoff bounds. The first retries come quickly: workers of a topology start
+/// at about the same time, and a lane that tried before its peer listened would hold
+/// its tuples for the whole first backoff.
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reader threads decode nested values recursively; give them room for rmp-serde's
@@ -986,7 +988,7 @@ pub struct Lane {
 /// listening on `addr`, and returns its queue: bounded to `capacity` batches (at least
 /// 1), or unbounded when `None` (lanes to spouts and ackers; see the
 /// [module docs](self)). Only [`Packet::Batch`]es travel; other packets are ignored. The
-/// thread connects in the background, retrying every 50 ms .. 1 s until the peer is up
+/// thread connects in the background, retrying every 5 ms .. 1 s until the peer is up
 /// and accepts, and reconnects the same way when the connection breaks.
 pub fn connect_lane(
     addr: SocketAddr,
@@ -1261,7 +1263,7 @@ impl Writer {
             // Sleep in slices so that a shutdown or a new address is noticed quickly.
             let mut slept = Duration::ZERO;
             while slept < backoff && !self.stopping() && self.addr() == addr {
-                let step = BACKOFF_MIN.min(backoff - slept);
+                let step = Duration::from_millis(50).min(backoff - slept);
                 std::thread::sleep(step);
                 slept += step;
             }
