@@ -4,9 +4,9 @@
 //! source are grouped, so their shared fields are sent (and decoded) once per group
 //! instead of once per tuple. Frame layout (MessagePack): an array of groups, each one of
 //! - `[0, task, stream, source, [values, ...]]`: untracked tuples;
-//! - `[3, task, stream, source, root, [[values, edge], ...]]`: tuples that each belong
-//!   to one tuple tree, the same one (a split bolt's words of one sentence): the root
-//!   travels once per group;
+//! - `[3, task, stream, source, root, [[values, edge], ...]]`: two or more tuples in a
+//!   row that each belong to one tuple tree, the same one (a split bolt's words of one
+//!   sentence): the root travels once per group;
 //! - `[1, task, stream, source, [[values, anchors], ...]]`: other tracked tuples, with
 //!   their `[[root, edge], ...]` lists;
 //! - `[2, task, message]`: any other message ([`Msg`]'s own encoding).
@@ -30,43 +30,77 @@ const GROUP_ANCHORED: u8 = 1;
 const GROUP_OTHER: u8 = 2;
 const GROUP_ONE_TREE: u8 = 3;
 
-/// How a run of envelopes is grouped.
+/// What decides a tuple's group: whom it is for, where from, and its trees.
 #[derive(Clone, Copy, PartialEq)]
-enum Key {
-    /// Tuples for `task` from `stream` and `source`, of one kind.
-    Tuples {
-        task: TaskId,
-        stream: u32,
-        source: TaskId,
-        kind: u8,
-        /// The tree of a [`GROUP_ONE_TREE`] run.
-        root: u64,
-    },
-    Other,
+struct Head {
+    task: TaskId,
+    stream: u32,
+    source: TaskId,
 }
 
-fn key(e: &Envelope) -> Key {
+#[derive(Clone, Copy, PartialEq)]
+enum Trees {
+    None,
+    One(u64),
+    Many,
+}
+
+fn head(e: &Envelope) -> Option<(Head, Trees)> {
     match &e.msg {
         Msg::Tuple {
             stream,
             source,
             anchors,
             ..
-        } => {
-            let (kind, root) = match anchors.pairs() {
-                [] => (GROUP_PLAIN, 0),
-                [(root, _)] => (GROUP_ONE_TREE, *root),
-                _ => (GROUP_ANCHORED, 0),
-            };
-            Key::Tuples {
+        } => Some((
+            Head {
                 task: e.task,
                 stream: *stream,
                 source: *source,
-                kind,
-                root,
+            },
+            match anchors.pairs() {
+                [] => Trees::None,
+                [(root, _)] => Trees::One(*root),
+                _ => Trees::Many,
+            },
+        )),
+        _ => None,
+    }
+}
+
+/// The group that starts at `i`: its kind, the root of a one-tree group, and its end.
+/// Two or more tuples of one tree in a row make a one-tree group; other tracked tuples
+/// share an anchored group (a one-tree group of one tuple would cost more bytes).
+fn run(batch: &[Envelope], i: usize) -> (u8, u64, usize) {
+    let Some((h, trees)) = head(&batch[i]) else {
+        return (GROUP_OTHER, 0, i + 1);
+    };
+    let in_tree =
+        |j: usize, root: u64| j < batch.len() && head(&batch[j]) == Some((h, Trees::One(root)));
+    let mut j = i + 1;
+    match trees {
+        Trees::None => {
+            while j < batch.len() && head(&batch[j]) == Some((h, Trees::None)) {
+                j += 1;
             }
+            (GROUP_PLAIN, 0, j)
         }
-        _ => Key::Other,
+        Trees::One(root) if in_tree(j, root) => {
+            while in_tree(j, root) {
+                j += 1;
+            }
+            (GROUP_ONE_TREE, root, j)
+        }
+        _ => {
+            while let Some((hj, tj)) = batch.get(j).and_then(head) {
+                let starts_tree = matches!(tj, Trees::One(r) if in_tree(j + 1, r));
+                if hj != h || tj == Trees::None || starts_tree {
+                    break;
+                }
+                j += 1;
+            }
+            (GROUP_ANCHORED, 0, j)
+        }
     }
 }
 
@@ -83,37 +117,34 @@ fn len32(n: usize, what: &str) -> Result<u32, String> {
 pub fn encode_batch(out: &mut Vec<u8>, batch: &[Envelope]) -> Result<(), String> {
     // Count the groups first: MessagePack arrays carry their length up front.
     let mut groups = 0;
-    let mut prev = None;
-    for e in batch {
-        let k = key(e);
-        if k == Key::Other || prev != Some(k) {
-            groups += 1;
-        }
-        prev = Some(k);
+    let mut i = 0;
+    while i < batch.len() {
+        i = run(batch, i).2;
+        groups += 1;
     }
     enc::write_array_len(out, len32(groups, "a batch")?).map_err(encode_error)?;
     let mut i = 0;
     while i < batch.len() {
-        let k = key(&batch[i]);
-        let Key::Tuples {
-            task,
-            stream,
-            source,
-            kind,
-            root,
-        } = k
-        else {
+        let (kind, root, j) = run(batch, i);
+        if kind == GROUP_OTHER {
             enc::write_array_len(out, 3).map_err(encode_error)?;
             enc::write_pfix(out, GROUP_OTHER).map_err(encode_error)?;
             enc::write_uint(out, batch[i].task.0.into()).map_err(encode_error)?;
             rmp_serde::encode::write(out, &batch[i].msg).map_err(encode_error)?;
-            i += 1;
+            i = j;
             continue;
-        };
-        let mut j = i + 1;
-        while j < batch.len() && key(&batch[j]) == k {
-            j += 1;
         }
+        let Some((
+            Head {
+                task,
+                stream,
+                source,
+            },
+            _,
+        )) = head(&batch[i])
+        else {
+            unreachable!("a tuple group starts with a tuple")
+        };
         let one_tree = kind == GROUP_ONE_TREE;
         enc::write_array_len(out, if one_tree { 6 } else { 5 }).map_err(encode_error)?;
         enc::write_pfix(out, kind).map_err(encode_error)?;
@@ -448,6 +479,10 @@ mod tests {
                 values![],
                 Anchors::from_distinct_pairs([(5, 6), (7, 8)]),
             ),
+            tuple(1, 0, 9, values!["j"], Anchors::single(20, 1)),
+            tuple(1, 0, 9, values!["k"], Anchors::single(21, 2)),
+            tuple(1, 0, 9, values!["l"], Anchors::single(22, 3)),
+            tuple(1, 0, 9, values!["m"], Anchors::single(22, 4)),
             tuple(3, 0, 9, values!["f"], Anchors::single(8, 81)),
             tuple(3, 1, 9, values!["g"], Anchors::single(8, 82)),
             tuple(3, 1, 10, values!["h"], Anchors::single(8, 83)),
@@ -490,13 +525,14 @@ mod tests {
             .collect();
         let generic: rmpv_like::Any = rmp_serde::from_slice(&to_vec(&batch).unwrap()).unwrap();
         let groups = generic.0.as_array().unwrap();
-        // [0,..] a, every; [3,..,7] b c; [3,..,8] d every; Ack; Ack; [1,..] e, []; [3] f;
-        // [3] g; [3] h; [0] i; AckInit; TreeFailed.
+        // [0,..] a, every; [3,..,7] b c; [3,..,8] d every; Ack; Ack; [1,..] e, [], j, k;
+        // [3,..,22] l m; [1] f; [1] g; [1] h (a one-tree group of one would cost more);
+        // [0] i; AckInit; TreeFailed.
         let kinds: Vec<u64> = groups
             .iter()
             .map(|g| g.as_array().unwrap()[0].as_u64().unwrap())
             .collect();
-        assert_eq!(kinds, [0, 3, 3, 2, 2, 1, 3, 3, 3, 0, 2, 2]);
+        assert_eq!(kinds, [0, 3, 3, 2, 2, 1, 3, 1, 1, 1, 0, 2, 2]);
         let tree = groups[1].as_array().unwrap();
         assert_eq!(tree.len(), 6);
         assert_eq!(tree[4].as_u64(), Some(7), "the root travels once per group");
