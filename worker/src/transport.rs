@@ -45,7 +45,7 @@
 //!
 //! A connection starts with the 4 bytes [`MAGIC`] (`SQL3`) and one hello frame; then
 //! every frame carries one batch. A frame is a big-endian `u32` length and that many
-//! bytes of MessagePack (`rmp-serde`'s compact encoding: structs as arrays):
+//! bytes of MessagePack (structs as arrays):
 //!
 //! - hello: `{ topology_id, epoch, from_worker, to_task }`, at most 64 KiB. `to_task` is
 //!   the first task of the receiving executor;

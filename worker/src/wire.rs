@@ -105,7 +105,7 @@ fn run(batch: &[Envelope], i: usize) -> (u8, u64, usize) {
 }
 
 fn encode_error(e: impl Display) -> String {
-    format!("encoding failed: {e}")
+    e.to_string()
 }
 
 fn len32(n: usize, what: &str) -> Result<u32, String> {
