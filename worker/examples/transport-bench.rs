@@ -26,18 +26,22 @@ const WORDS: [&str; 8] = [
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let secs: u64 = args
-        .iter()
-        .position(|a| a == "--secs")
-        .and_then(|i| args.get(i + 1))
-        .map_or(10, |s| s.parse().expect("--secs takes a number"));
+    let number = |flag: &str, default: u64| -> u64 {
+        match args.iter().position(|a| a == flag).map(|i| args.get(i + 1)) {
+            None => default,
+            Some(v) => match v.and_then(|s| s.parse().ok()) {
+                Some(n) if n > 0 => n,
+                _ => {
+                    eprintln!("transport-bench: {flag} takes a positive number");
+                    std::process::exit(2)
+                }
+            },
+        }
+    };
+    let secs = number("--secs", 10);
     let words = args.iter().any(|a| a == "--words");
     let anchored = args.iter().any(|a| a == "--anchored");
-    let per_tree: u64 = args
-        .iter()
-        .position(|a| a == "--per-tree")
-        .and_then(|i| args.get(i + 1))
-        .map_or(1, |s| s.parse().expect("--per-tree takes a number"));
+    let per_tree = number("--per-tree", 1);
 
     let (q, rx) = crossbeam_channel::bounded::<Packet>(64);
     let executor = LocalExecutor {

@@ -115,16 +115,15 @@ fn len32(n: usize, what: &str) -> Result<u32, String> {
 /// Appends `batch` to `out` in the wire format. On an error (a value too large for
 /// MessagePack) `out` may hold part of the frame: the caller truncates it.
 pub fn encode_batch(out: &mut Vec<u8>, batch: &[Envelope]) -> Result<(), String> {
-    // Count the groups first: MessagePack arrays carry their length up front.
-    let mut groups = 0;
+    // MessagePack arrays carry their length up front: the batch's is written as a 32-bit
+    // length (any array marker decodes) and filled in at the end, so the groups are
+    // found once.
+    let count_at = out.len();
+    out.extend_from_slice(&[0xdd, 0, 0, 0, 0]);
+    let mut groups = 0u32;
     let mut i = 0;
     while i < batch.len() {
-        i = run(batch, i).2;
         groups += 1;
-    }
-    enc::write_array_len(out, len32(groups, "a batch")?).map_err(encode_error)?;
-    let mut i = 0;
-    while i < batch.len() {
         let (kind, root, j) = run(batch, i);
         if kind == GROUP_OTHER {
             enc::write_array_len(out, 3).map_err(encode_error)?;
@@ -185,6 +184,7 @@ pub fn encode_batch(out: &mut Vec<u8>, batch: &[Envelope]) -> Result<(), String>
         }
         i = j;
     }
+    out[count_at + 1..count_at + 5].copy_from_slice(&groups.to_be_bytes());
     Ok(())
 }
 
