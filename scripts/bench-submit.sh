@@ -52,7 +52,10 @@ for i in $(seq "$runs"); do
   first=$(python3 - "127.0.0.1:$nimbus" "wc$i" <<'PY'
 import json, sys, time, urllib.request
 url = "http://%s/nimbus/v1/topologies/%s" % (sys.argv[1], sys.argv[2])
+deadline = time.time() + 60
 while True:
+    if time.time() > deadline:
+        sys.exit("bench-submit: %s processed no tuple within 60 s (logs: SQUALL_BENCH_LOGS=DIR)" % sys.argv[2])
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             d = json.load(r)
